@@ -1,0 +1,293 @@
+"""Configuration: yacs defaults, YAML files with ``BASE:`` inheritance, command-line overrides.
+
+    config = get_config(args)   # args: argparse.Namespace with at least `cfg` and `opts`
+
+The keys are those of the SimMIM / PSS research code, so existing YAML files load unchanged.
+Note that the patch scheduler stores *drop* ratios (1 - rho), as the original configs do.
+"""
+import difflib
+import os
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from models import MODEL_TYPES
+from models.patch_selection import PATCH_SCORE_FUNCS
+from patch_scheduler import PATCH_SCHEDULES
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message says which and why."""
+
+
+LR_SCHEDULERS = ('cosine', 'linear', 'step', 'multistep')
+OPTIMIZERS = ('adamw', 'sgd')
+AMP_OPT_LEVELS = ('O0', 'O1', 'O2')
+
+_C = CN()
+_C.BASE = ['']  # YAML files this one inherits from, relative to it (list or single string)
+
+# -----------------------------------------------------------------------------
+# Data
+# -----------------------------------------------------------------------------
+_C.DATA = CN()
+_C.DATA.BATCH_SIZE = 128  # batch size per process (per GPU)
+_C.DATA.DATA_PATH = ''  # dataset root holding train/ and val/ ImageFolders
+_C.DATA.DATASET = 'imagenet'  # 'imagenet' (any ImageFolder) or 'digits' (bundled scikit-learn demo)
+_C.DATA.IMG_SIZE = 224  # input resolution
+_C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation: random, bilinear or bicubic
+_C.DATA.PIN_MEMORY = True  # pin CPU memory in the data loaders (faster copies to the GPU)
+_C.DATA.NUM_WORKERS = 8  # data-loading worker processes per training process
+_C.DATA.SKIP_BAD_IMAGES = False  # skip images that cannot be decoded (with a warning) instead of failing
+
+# -----------------------------------------------------------------------------
+# Model
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.TYPE = 'pss_vit'  # 'pss_vit' or 'vit' (the same network, used for baselines)
+_C.MODEL.NAME = 'pss'  # run name: the first level of the output folder
+_C.MODEL.RESUME = ''  # checkpoint to resume training (or to evaluate with --eval)
+_C.MODEL.NUM_CLASSES = 1000  # classifier outputs; set from the dataset's class folders at run time
+_C.MODEL.DROP_RATE = 0.0  # dropout after the MLP and attention projections
+_C.MODEL.DROP_PATH_RATE = 0.1  # stochastic depth of the last block (rises linearly from 0)
+_C.MODEL.LABEL_SMOOTHING = 0.1  # label smoothing of the cross-entropy loss
+
+_C.MODEL.VIT = CN()
+_C.MODEL.VIT.PATCH_SIZE = 16  # side of a square patch in pixels
+_C.MODEL.VIT.IN_CHANS = 3  # input image channels
+_C.MODEL.VIT.EMBED_DIM = 768  # token width
+_C.MODEL.VIT.DEPTH = 12  # number of transformer blocks
+_C.MODEL.VIT.NUM_HEADS = 12  # attention heads per block
+_C.MODEL.VIT.MLP_RATIO = 4.0  # MLP hidden width / token width
+_C.MODEL.VIT.QKV_BIAS = True  # learn q and v biases (the key bias is always zero)
+_C.MODEL.VIT.INIT_VALUES = 0.1  # initial layer-scale gamma; 0 disables layer scale
+_C.MODEL.VIT.USE_APE = False  # add a learned absolute position embedding
+_C.MODEL.VIT.USE_RPB = False  # a relative position bias table in every block
+_C.MODEL.VIT.USE_SHARED_RPB = False  # one relative position bias table shared by all blocks
+_C.MODEL.VIT.USE_MEAN_POOLING = False  # classify the normed mean of patch tokens instead of CLS
+
+# -----------------------------------------------------------------------------
+# Training
+# -----------------------------------------------------------------------------
+_C.TRAIN = CN()
+_C.TRAIN.START_EPOCH = 0  # first epoch (set by resume)
+_C.TRAIN.EPOCHS = 300  # total training epochs
+_C.TRAIN.WARMUP_EPOCHS = 20  # linear learning-rate warm-up epochs
+_C.TRAIN.WEIGHT_DECAY = 0.05  # AdamW weight decay
+_C.TRAIN.BASE_LR = 5e-4  # learning rate at a total batch of 512 (scaled linearly)
+_C.TRAIN.WARMUP_LR = 5e-7  # learning rate at the start of warm-up (scaled likewise)
+_C.TRAIN.MIN_LR = 5e-6  # final learning rate (scaled likewise)
+_C.TRAIN.CLIP_GRAD = 5.0  # clip the gradient norm to this value; 0 disables clipping
+_C.TRAIN.AUTO_RESUME = True  # resume from the newest checkpoint in the output folder
+_C.TRAIN.ACCUMULATION_STEPS = 0  # micro-batches per optimizer step (0 or 1: no accumulation)
+_C.TRAIN.USE_CHECKPOINT = False  # activation checkpointing in the blocks (saves memory)
+_C.TRAIN.LAYER_DECAY = 1.0  # layer-wise learning-rate decay (1.0: none)
+_C.TRAIN.COMPILE = False  # torch.compile the model (at most five sequence lengths on the 0.2 grid)
+_C.TRAIN.CHECKPOINT_EVERY_STEPS = 0  # also checkpoint every this many iterations mid-epoch (0: off)
+_C.TRAIN.KEEP_CHECKPOINTS = 0  # keep at most this many older ckpt_epoch_*.pth files (0: keep all)
+
+_C.TRAIN.LR_SCHEDULER = CN()
+_C.TRAIN.LR_SCHEDULER.NAME = 'cosine'  # cosine, linear, step or multistep
+_C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30  # step: epochs between decays
+_C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1  # step / multistep: factor at each decay
+_C.TRAIN.LR_SCHEDULER.GAMMA = 0.1  # multistep: factor at each milestone
+_C.TRAIN.LR_SCHEDULER.MULTISTEPS = []  # multistep: milestone epochs
+
+_C.TRAIN.OPTIMIZER = CN()
+_C.TRAIN.OPTIMIZER.NAME = 'adamw'  # adamw or sgd
+_C.TRAIN.OPTIMIZER.EPS = 1e-8  # AdamW epsilon
+_C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)  # AdamW betas
+_C.TRAIN.OPTIMIZER.MOMENTUM = 0.9  # SGD momentum
+
+_C.TRAIN.PATCH_SCHEDULER = CN()
+_C.TRAIN.PATCH_SCHEDULER.NAME = 'none'  # none, linear, cosine or cyclic
+_C.TRAIN.PATCH_SCHEDULER.START_PATCH_DROP_RATIO = 0.0  # drop ratio (1 - rho) at the start
+_C.TRAIN.PATCH_SCHEDULER.END_PATCH_DROP_RATIO = 0.0  # drop ratio at the end (cyclic: mid-epoch)
+_C.TRAIN.PATCH_SCHEDULER.COOLDOWN_EPOCHS = 0  # last epochs trained with all patches
+_C.TRAIN.PATCH_SCHEDULER.ROUND_TO = 0.2  # round drop ratios to this grid (0: no rounding)
+_C.TRAIN.PATCH_DROP_FUNC = 'magnitude'  # patch selection: magnitude, l2_magnitude or random
+
+# -----------------------------------------------------------------------------
+# Augmentation (timm)
+# -----------------------------------------------------------------------------
+_C.AUG = CN()
+_C.AUG.COLOR_JITTER = 0.4  # colour jitter factor
+_C.AUG.AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'  # timm auto-augment policy ('none' to disable)
+_C.AUG.REPROB = 0.25  # random erasing probability
+_C.AUG.REMODE = 'pixel'  # random erasing fill mode
+_C.AUG.RECOUNT = 1  # random erasing count
+_C.AUG.MIXUP = 0.8  # mixup alpha (0: off)
+_C.AUG.CUTMIX = 1.0  # cutmix alpha (0: off)
+_C.AUG.CUTMIX_MINMAX = None  # cutmix min/max area ratio (overrides alpha when set)
+_C.AUG.MIXUP_PROB = 1.0  # probability of applying mixup or cutmix to a batch
+_C.AUG.MIXUP_SWITCH_PROB = 0.5  # probability of cutmix instead of mixup when both are on
+_C.AUG.MIXUP_MODE = 'batch'  # batch, pair or elem
+
+# -----------------------------------------------------------------------------
+# Testing
+# -----------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.CROP = True  # resize to 256/224 of IMG_SIZE, then centre crop (else plain resize)
+
+# -----------------------------------------------------------------------------
+# Misc
+# -----------------------------------------------------------------------------
+_C.AMP_OPT_LEVEL = 'O1'  # O0: fp32; O1 / O2: native mixed precision (bf16 where supported)
+_C.OUTPUT = ''  # output folder: <output>/<MODEL.NAME>/<TAG>
+_C.TAG = 'default'  # run tag: the second level of the output folder
+_C.SAVE_FREQ = 1  # checkpoint every this many epochs (and at the last)
+_C.PRINT_FREQ = 10  # log every this many iterations
+_C.SEED = 0  # random seed (each process adds its rank)
+_C.EVAL_MODE = False  # only validate the --resume checkpoint
+_C.THROUGHPUT_MODE = False  # only measure model throughput
+_C.PRETRAINED = ''  # SimMIM / PSS checkpoint to initialise from
+_C.TRUST_CHECKPOINT = False  # allow checkpoints that pickle Python objects (old releases)
+_C.LOCAL_RANK = 0  # set from the environment, kept for old scripts
+
+
+def _all_keys(node, prefix=''):
+    for key, value in node.items():
+        full = f'{prefix}{key}'
+        yield full
+        if isinstance(value, CN):
+            yield from _all_keys(value, full + '.')
+
+
+def _merge(config, other, source):
+    """Merge `other` (a CfgNode) into `config`, turning yacs errors into ConfigError."""
+    try:
+        config.merge_from_other_cfg(other)
+    except KeyError as e:
+        # yacs says "Non-existent config key: X.Y"; name the closest valid key too.
+        key = str(e).strip('"\'').split(':')[-1].strip()
+        raise ConfigError(f"{source}: unknown config key '{key}'{_closest_key_hint(key)}") from None
+    except ValueError as e:
+        raise ConfigError(f'{source}: {e}') from None
+
+
+def _load_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: '{path}'")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _update_config_from_file(config, cfg_file):
+    data = _load_yaml(cfg_file)
+    bases = data.pop('BASE', [''])
+    for base in [bases] if isinstance(bases, str) else bases:
+        if base:
+            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
+    config.defrost()
+    _merge(config, CN(data), cfg_file)
+    config.freeze()
+
+
+def _closest_key_hint(key):
+    close = difflib.get_close_matches(key, list(_all_keys(_C)), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ''
+
+
+def _merge_opts(config, opts):
+    """Merge --opts KEY VALUE pairs (values parsed as Python literals, as yacs does)."""
+    if len(opts) % 2:
+        raise ConfigError(f'--opts takes KEY VALUE pairs, got an odd number of items: {opts}')
+    for key, value in zip(opts[0::2], opts[1::2]):
+        try:
+            config.merge_from_list([key, value])
+        except AssertionError:
+            raise ConfigError(f"--opts: unknown config key '{key}'{_closest_key_hint(key)}") from None
+        except ValueError as e:
+            raise ConfigError(f'--opts: {e}') from None
+
+
+def validate_config(config):
+    """Check names and ranges that yacs cannot: raise ConfigError listing the valid values."""
+    def one_of(key, value, valid):
+        if value not in valid:
+            raise ConfigError(f"{key} '{value}' is not known; valid values: {', '.join(valid)}")
+
+    one_of('MODEL.TYPE', config.MODEL.TYPE, MODEL_TYPES)
+    one_of('TRAIN.PATCH_SCHEDULER.NAME', config.TRAIN.PATCH_SCHEDULER.NAME.lower(), PATCH_SCHEDULES)
+    one_of('TRAIN.PATCH_DROP_FUNC', config.TRAIN.PATCH_DROP_FUNC, tuple(PATCH_SCORE_FUNCS))
+    one_of('TRAIN.LR_SCHEDULER.NAME', config.TRAIN.LR_SCHEDULER.NAME, LR_SCHEDULERS)
+    one_of('TRAIN.OPTIMIZER.NAME', config.TRAIN.OPTIMIZER.NAME.lower(), OPTIMIZERS)
+    one_of('AMP_OPT_LEVEL', config.AMP_OPT_LEVEL, AMP_OPT_LEVELS)
+    ps = config.TRAIN.PATCH_SCHEDULER
+    for key in ('START_PATCH_DROP_RATIO', 'END_PATCH_DROP_RATIO'):
+        if not -1.0 <= ps[key] <= 1.0:
+            raise ConfigError(f'TRAIN.PATCH_SCHEDULER.{key} = {ps[key]} is outside [-1, 1]')
+    if ps.NAME.lower() != 'none' and min(ps.START_PATCH_DROP_RATIO, ps.END_PATCH_DROP_RATIO) >= 1.0:
+        raise ConfigError('TRAIN.PATCH_SCHEDULER drops every token (both drop ratios are 1.0): '
+                          'at least one must be below 1')
+    if not 0.0 <= ps.ROUND_TO <= 1.0:
+        raise ConfigError(f'TRAIN.PATCH_SCHEDULER.ROUND_TO = {ps.ROUND_TO} is outside [0, 1]')
+    if config.DATA.BATCH_SIZE < 1:
+        raise ConfigError(f'DATA.BATCH_SIZE = {config.DATA.BATCH_SIZE} must be at least 1')
+    if config.DATA.IMG_SIZE % config.MODEL.VIT.PATCH_SIZE:
+        raise ConfigError(f'DATA.IMG_SIZE {config.DATA.IMG_SIZE} is not a multiple of '
+                          f'MODEL.VIT.PATCH_SIZE {config.MODEL.VIT.PATCH_SIZE}')
+    if config.MODEL.VIT.EMBED_DIM % config.MODEL.VIT.NUM_HEADS:
+        raise ConfigError(f'MODEL.VIT.EMBED_DIM {config.MODEL.VIT.EMBED_DIM} is not divisible by '
+                          f'MODEL.VIT.NUM_HEADS {config.MODEL.VIT.NUM_HEADS}')
+
+
+# Command-line shortcuts: argparse attribute -> config key. Each one overrides --cfg and --opts.
+_SHORTCUTS = {
+    'batch_size': 'DATA.BATCH_SIZE',
+    'data_path': 'DATA.DATA_PATH',
+    'pretrained': 'PRETRAINED',
+    'resume': 'MODEL.RESUME',
+    'accumulation_steps': 'TRAIN.ACCUMULATION_STEPS',
+    'use_checkpoint': 'TRAIN.USE_CHECKPOINT',
+    'amp_opt_level': 'AMP_OPT_LEVEL',
+    'output': 'OUTPUT',
+    'tag': 'TAG',
+    'eval': 'EVAL_MODE',
+    'throughput': 'THROUGHPUT_MODE',
+    'trust_checkpoint': 'TRUST_CHECKPOINT',
+}
+
+
+def update_config(config, args):
+    config.defrost()
+    if getattr(args, 'cfg', None):
+        config.freeze()
+        _update_config_from_file(config, args.cfg)
+        config.defrost()
+    opts = getattr(args, 'opts', None)
+    if opts:
+        _merge_opts(config, opts)
+    for attr, key in _SHORTCUTS.items():
+        value = getattr(args, attr, None)
+        if value is None or value is False or value == '':
+            continue  # not given on the command line: keep the config's value
+        node = config
+        *parents, leaf = key.split('.')
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    config.LOCAL_RANK = int(os.environ.get('LOCAL_RANK', getattr(args, 'local_rank', None) or 0))
+    config.OUTPUT = os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
+    validate_config(config)
+    config.freeze()
+
+
+def get_default_config():
+    """A copy of the defaults, unfrozen."""
+    return _C.clone()
+
+
+def get_config(args):
+    """Defaults, then --cfg (with its BASE files), then --opts, then the command-line shortcuts."""
+    config = _C.clone()
+    update_config(config, args)
+    return config

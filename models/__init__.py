@@ -1,0 +1,34 @@
+from .vision_transformer import VisionTransformer
+
+MODEL_TYPES = ('pss_vit', 'vit')
+
+
+def build_model(config, num_classes=None):
+    """The network for config.MODEL.TYPE. 'vit' is the same network as 'pss_vit': baselines are
+    trained with the drop ratio at 0 and can still be evaluated at any keep rate."""
+    if config.MODEL.TYPE not in MODEL_TYPES:
+        raise ValueError(f"unknown model type '{config.MODEL.TYPE}'; valid: {', '.join(MODEL_TYPES)}")
+    vit = config.MODEL.VIT
+    return VisionTransformer(
+        img_size=config.DATA.IMG_SIZE,
+        patch_size=vit.PATCH_SIZE,
+        in_chans=vit.IN_CHANS,
+        num_classes=config.MODEL.NUM_CLASSES if num_classes is None else num_classes,
+        embed_dim=vit.EMBED_DIM,
+        depth=vit.DEPTH,
+        num_heads=vit.NUM_HEADS,
+        mlp_ratio=vit.MLP_RATIO,
+        qkv_bias=vit.QKV_BIAS,
+        drop_rate=config.MODEL.DROP_RATE,
+        drop_path_rate=config.MODEL.DROP_PATH_RATE,
+        init_values=vit.INIT_VALUES,
+        use_abs_pos_emb=vit.USE_APE,
+        use_rel_pos_bias=vit.USE_RPB,
+        use_shared_rel_pos_bias=vit.USE_SHARED_RPB,
+        use_mean_pooling=vit.USE_MEAN_POOLING,
+        use_checkpoint=config.TRAIN.USE_CHECKPOINT,
+        patch_drop_func=config.TRAIN.PATCH_DROP_FUNC,
+    )
+
+
+__all__ = ['VisionTransformer', 'build_model']

@@ -1,0 +1,281 @@
+"""The SimMIM / BEiT fine-tuning ViT with patch sampling (PSS).
+
+At drop ratio d > 0 the network keeps K = round((1 - d) * N) of its N tokens (CLS always, first),
+chosen once after the patch embedding, and runs every block on those K tokens only. Each block's
+relative position bias is looked up for the kept pairs, so kept tokens keep their true offsets.
+State-dict names follow SimMIM / BEiT checkpoints.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import DropPath, trunc_normal_
+
+from .patch_selection import (PATCH_SCORE_FUNCS, gather_relative_position_index, gather_tokens,
+                              num_kept_tokens, select_tokens)
+
+
+def build_relative_position_index(grid_size):
+    """[N, N] index into a table of (2H-1)(2W-1) + 3 rows, N = H*W + 1 (CLS first).
+
+    Patch pairs index their offset; the last three rows are cls-to-token, token-to-cls and
+    cls-to-cls.
+    """
+    h, w = grid_size
+    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # [hw, hw, 2]
+    relative[:, :, 0] += h - 1  # shift offsets to start at 0
+    relative[:, :, 1] += w - 1
+    relative[:, :, 0] *= 2 * w - 1
+    num_relative_distance = (2 * h - 1) * (2 * w - 1) + 3
+    index = torch.zeros(h * w + 1, h * w + 1, dtype=torch.long)
+    index[1:, 1:] = relative.sum(-1)
+    index[0, 0:] = num_relative_distance - 3
+    index[0:, 0] = num_relative_distance - 2
+    index[0, 0] = num_relative_distance - 1
+    return index
+
+
+def relative_position_bias(table, index):
+    """table: [R, heads], index: [B', K, K] (B' = 1 or B) -> bias [B', heads, K, K]."""
+    return table[index].permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens with one strided convolution. [B, C, H, W] -> [B, H/p * W/p, D]."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768):
+        super().__init__()
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class RelativePositionBias(nn.Module):
+    """A relative position bias table shared by all blocks (USE_SHARED_RPB)."""
+
+    def __init__(self, grid_size, num_heads):
+        super().__init__()
+        num_relative_distance = (2 * grid_size[0] - 1) * (2 * grid_size[1] - 1) + 3
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
+        self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
+
+    def forward(self, index):
+        return relative_position_bias(self.relative_position_bias_table, index)
+
+
+class Attention(nn.Module):
+    fused_attn = True  # F.scaled_dot_product_attention; False runs the explicit softmax math
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, grid_size=None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:  # q and v get a bias, k does not (BEiT)
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        if grid_size is not None:
+            num_relative_distance = (2 * grid_size[0] - 1) * (2 * grid_size[1] - 1) + 3
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
+            # Kept for checkpoint compatibility; the model passes the (gathered) index in forward.
+            self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
+        else:
+            self.relative_position_bias_table = None
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x, rel_index=None, shared_bias=None):
+        """x: [B, K, C]; rel_index: [B' , K, K] relative-position index of the kept tokens;
+        shared_bias: [B', heads, K, K] or None."""
+        B, K, C = x.shape
+        qkv_bias = None
+        if self.q_bias is not None:
+            qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        q, k, v = qkv.reshape(B, K, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+
+        bias = shared_bias
+        if self.relative_position_bias_table is not None:
+            own = relative_position_bias(self.relative_position_bias_table, rel_index)
+            bias = own if bias is None else bias + own
+
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
+                dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, heads, K, K]
+            if bias is not None:
+                attn = attn + bias
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B, K, C)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden_dim, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0, init_values=None, grid_size=None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, grid_size)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        if init_values:
+            self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x, rel_index=None, shared_bias=None):
+        y = self.attn(self.norm1(x), rel_index, shared_bias)
+        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with optional absolute / relative position terms, layer scale and patch sampling.
+
+    `set_patch_drop_ratio(d)` sets the fraction of tokens dropped in every later forward, in train
+    and eval mode alike; d <= 0 runs the plain network.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
+                 depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.0, init_values=None, use_abs_pos_emb=False,
+                 use_rel_pos_bias=False, use_shared_rel_pos_bias=False, use_mean_pooling=True,
+                 init_scale=0.001, use_checkpoint=False, patch_drop_func='magnitude'):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.use_checkpoint = use_checkpoint
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        grid_size = self.patch_embed.grid_size
+        self.num_tokens = self.patch_embed.num_patches + 1  # N, CLS counted
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim)) if use_abs_pos_emb else None
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.rel_pos_bias = RelativePositionBias(grid_size, num_heads) if use_shared_rel_pos_bias else None
+        # One index for the whole network; gathered once per forward for the kept tokens.
+        self.register_buffer('relative_position_index', build_relative_position_index(grid_size),
+                             persistent=False)
+
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth rises linearly
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i],
+                  init_values, grid_size if use_rel_pos_bias else None)
+            for i in range(depth)])
+        self.norm = nn.Identity() if use_mean_pooling else nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_mean_pooling else None
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        self.patch_drop_ratio = 0.0
+        self.set_patch_drop_func(patch_drop_func)
+        self._init_weights(init_scale)
+
+    def _init_weights(self, init_scale):
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            for layer_id, block in enumerate(self.blocks, start=1):  # residual branches shrink with depth
+                block.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+                block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+            if isinstance(self.head, nn.Linear):
+                self.head.weight.mul_(init_scale)
+                self.head.bias.mul_(init_scale)
+
+    # --- controls kept from the original code ---------------------------------------------------
+    def set_patch_drop_ratio(self, drop_ratio):
+        self.patch_drop_ratio = float(drop_ratio)
+
+    def set_patch_drop_func(self, name):
+        if name not in PATCH_SCORE_FUNCS:
+            raise ValueError(f"unknown patch drop function '{name}'; valid: {', '.join(PATCH_SCORE_FUNCS)}")
+        self.patch_drop_func = name
+
+    def num_kept_tokens(self, drop_ratio=None):
+        drop_ratio = self.patch_drop_ratio if drop_ratio is None else drop_ratio
+        return self.num_tokens if drop_ratio <= 0 else num_kept_tokens(self.num_tokens, drop_ratio)
+
+    def no_weight_decay(self):
+        return {'pos_embed', 'cls_token'}
+
+    def get_num_layers(self):
+        return len(self.blocks)
+
+    # --- forward --------------------------------------------------------------------------------
+    def embed(self, x):
+        """Images [B, C, H, W] -> tokens [B, N, D]: patches, CLS first, absolute positions."""
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def _select(self, x):
+        """tokens [B, N, D] -> (kept tokens [B, K, D], kept indices [B, K] or None for all)."""
+        num_keep = self.num_kept_tokens()
+        if num_keep >= self.num_tokens:
+            return x, None
+        idx = select_tokens(x, num_keep, PATCH_SCORE_FUNCS[self.patch_drop_func])
+        return gather_tokens(x, idx), idx
+
+    @torch.no_grad()
+    def get_kept_token_indices(self, x):
+        """Indices [B, K] (CLS = 0 first) of the tokens the model keeps for images x [B, C, H, W]."""
+        _, idx = self._select(self.embed(x))
+        if idx is None:
+            idx = torch.arange(self.num_tokens, device=x.device).expand(x.shape[0], -1)
+        return idx
+
+    def forward_features(self, x):
+        x, idx = self._select(self.embed(x))
+        rel_index = self.relative_position_index.unsqueeze(0)  # [1, N, N]
+        if idx is not None:
+            rel_index = gather_relative_position_index(self.relative_position_index, idx)  # [B, K, K]
+        shared_bias = self.rel_pos_bias(rel_index) if self.rel_pos_bias is not None else None
+        for block in self.blocks:
+            if self.use_checkpoint and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, rel_index, shared_bias, use_reentrant=False)
+            else:
+                x = block(x, rel_index, shared_bias)
+        x = self.norm(x)
+        if self.fc_norm is not None:
+            return self.fc_norm(x[:, 1:].mean(dim=1))  # mean of the kept patch tokens
+        return x[:, 0]
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))

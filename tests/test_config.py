@@ -1,0 +1,118 @@
+import argparse
+import glob
+import os
+
+import pytest
+
+from config import ConfigError, get_config
+
+CONFIGS = sorted(glob.glob('configs/**/*.yaml', recursive=True))
+
+
+def load(cfg, opts=None, **kw):
+    return get_config(argparse.Namespace(cfg=cfg, opts=opts, **kw))
+
+
+def test_configs_exist():
+    names = {os.path.basename(p) for p in glob.glob('configs/vit-b/*.yaml')}
+    assert names == {'baseline.yaml', 'magnitude_cyclic_80_0.yaml', 'random_cyclic_80_0.yaml',
+                     'magnitude_linear_80_0.yaml', 'random_linear_80_0.yaml', 'magnitude_fixed_40.yaml',
+                     'random_fixed_40.yaml', 'magnitude_cosine_80_0.yaml'}
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_every_config_builds(path):
+    from models import build_model
+    config = load(path, ['MODEL.NUM_CLASSES', '3', 'MODEL.VIT.DEPTH', '1'])
+    model = build_model(config)
+    assert model.num_classes == 3
+
+
+VIT_B = {'baseline': ('vit', 'none', 0.0, 0.0, 'magnitude'),
+         'magnitude_cyclic_80_0': ('pss_vit', 'cyclic', 0.8, -0.1, 'magnitude'),
+         'random_cyclic_80_0': ('pss_vit', 'cyclic', 0.8, -0.1, 'random'),
+         'magnitude_linear_80_0': ('pss_vit', 'linear', 0.8, -0.1, 'magnitude'),
+         'random_linear_80_0': ('pss_vit', 'linear', 0.8, -0.1, 'random'),
+         'magnitude_fixed_40': ('pss_vit', 'linear', 0.4, 0.4, 'magnitude'),
+         'random_fixed_40': ('pss_vit', 'linear', 0.4, 0.4, 'random'),
+         'magnitude_cosine_80_0': ('pss_vit', 'cosine', 0.8, -0.1, 'magnitude')}
+
+
+@pytest.mark.parametrize('name', sorted(VIT_B))
+def test_vit_b_config_values(name):
+    c = load(f'configs/vit-b/{name}.yaml')
+    model_type, schedule, start, end, func = VIT_B[name]
+    assert c.MODEL.TYPE == model_type and c.MODEL.NAME == 'pss'
+    ps = c.TRAIN.PATCH_SCHEDULER
+    assert (ps.NAME, ps.START_PATCH_DROP_RATIO, ps.END_PATCH_DROP_RATIO) == (schedule, start, end)
+    assert ps.COOLDOWN_EPOCHS == 0
+    assert c.TRAIN.PATCH_DROP_FUNC == func
+    assert ps.ROUND_TO == 0.2
+    v = c.MODEL.VIT
+    assert (v.EMBED_DIM, v.DEPTH, v.NUM_HEADS, v.PATCH_SIZE, v.MLP_RATIO) == (768, 12, 12, 16, 4.0)
+    assert (v.USE_APE, v.USE_RPB, v.USE_SHARED_RPB, v.USE_MEAN_POOLING) == (False, True, False, True)
+    assert (v.QKV_BIAS, v.INIT_VALUES) == (True, 0.1)
+    assert c.MODEL.DROP_PATH_RATE == 0.1 and c.MODEL.LABEL_SMOOTHING == 0.1
+    t = c.TRAIN
+    assert (t.EPOCHS, t.WARMUP_EPOCHS, t.BASE_LR, t.WARMUP_LR, t.MIN_LR) == (100, 20, 1.25e-3, 2.5e-7, 2.5e-7)
+    assert (t.WEIGHT_DECAY, t.LAYER_DECAY, t.CLIP_GRAD) == (0.05, 0.65, 5.0)
+    assert (c.DATA.IMG_SIZE, c.DATA.BATCH_SIZE, c.DATA.INTERPOLATION, c.TEST.CROP) == (224, 128, 'bicubic', True)
+    assert (c.PRINT_FREQ, c.SAVE_FREQ) == (100, 25)
+    assert c.TAG == f'simmim/vit-b/{name}'
+    assert c.OUTPUT == os.path.join('', 'pss', 'simmim', 'vit-b', name)
+    a = c.AUG
+    assert (a.COLOR_JITTER, a.AUTO_AUGMENT, a.REPROB, a.MIXUP, a.CUTMIX, a.MIXUP_SWITCH_PROB, a.MIXUP_MODE) == \
+        (0.4, 'rand-m9-mstd0.5-inc1', 0.25, 0.8, 1.0, 0.5, 'batch')
+
+
+def test_opts_then_shortcuts_override(tmp_path):
+    c = load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE', '16', 'TRAIN.EPOCHS', '3', 'TAG', 'x'],
+             batch_size=4, data_path='/data', pretrained='p.pth', resume='r.pth', accumulation_steps=2,
+             use_checkpoint=True, amp_opt_level='O0', output=str(tmp_path), tag='run1', eval=True,
+             throughput=False)
+    assert c.DATA.BATCH_SIZE == 4 and c.TRAIN.EPOCHS == 3
+    assert (c.DATA.DATA_PATH, c.PRETRAINED, c.MODEL.RESUME) == ('/data', 'p.pth', 'r.pth')
+    assert (c.TRAIN.ACCUMULATION_STEPS, c.TRAIN.USE_CHECKPOINT, c.AMP_OPT_LEVEL) == (2, True, 'O0')
+    assert c.EVAL_MODE and not c.THROUGHPUT_MODE
+    assert c.OUTPUT == os.path.join(str(tmp_path), 'pss', 'run1')
+    assert c.is_frozen()
+
+
+def test_base_inheritance(tmp_path):
+    (tmp_path / 'parent.yaml').write_text('TRAIN:\n  EPOCHS: 7\n  BASE_LR: 0.1\n')
+    (tmp_path / 'child.yaml').write_text("BASE: ['parent.yaml']\nTRAIN:\n  EPOCHS: 9\n")
+    c = load(str(tmp_path / 'child.yaml'))
+    assert c.TRAIN.EPOCHS == 9 and c.TRAIN.BASE_LR == 0.1
+
+
+@pytest.mark.parametrize('content, message', [
+    ('TRAIN:\n  EPOCH: 10\n', "unknown config key 'TRAIN.EPOCH' (did you mean 'TRAIN.EPOCHS'?)"),
+    ('TRAIN:\n  EPOCHS: ten\n', 'Type mismatch'),
+    ('TRAIN: [unclosed\n', 'not valid YAML'),
+    ('- a list\n', 'must hold a mapping'),
+    ('MODEL:\n  TYPE: swin\n', "MODEL.TYPE 'swin' is not known; valid values: pss_vit, vit"),
+    ('TRAIN:\n  PATCH_SCHEDULER:\n    NAME: triangle\n', 'valid values: none, linear, cosine, cyclic'),
+    ('TRAIN:\n  PATCH_DROP_FUNC: entropy\n', 'valid values: magnitude, l2_magnitude, random'),
+    ('TRAIN:\n  PATCH_SCHEDULER:\n    START_PATCH_DROP_RATIO: 1.5\n', 'outside [-1, 1]'),
+    ('TRAIN:\n  PATCH_SCHEDULER:\n    NAME: linear\n    START_PATCH_DROP_RATIO: 1.0\n'
+     '    END_PATCH_DROP_RATIO: 1.0\n', 'drops every token'),
+])
+def test_config_errors(tmp_path, content, message):
+    path = tmp_path / 'bad.yaml'
+    path.write_text(content)
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert message in str(e.value)
+    if 'YAML' in message or 'unknown config key' in message:
+        assert str(path) in str(e.value)
+
+
+def test_missing_file_and_bad_opts():
+    with pytest.raises(ConfigError, match="config file not found: 'nope.yaml'"):
+        load('nope.yaml')
+    with pytest.raises(ConfigError, match="unknown config key 'DATA.BATCHSIZE' .*'DATA.BATCH_SIZE'"):
+        load('configs/vit-b/baseline.yaml', ['DATA.BATCHSIZE', '3'])
+    with pytest.raises(ConfigError, match='Type mismatch'):
+        load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE', 'big'])
+    with pytest.raises(ConfigError, match='odd number'):
+        load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE'])
