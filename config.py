@@ -122,6 +122,8 @@ _C.AUG.CUTMIX_MINMAX = None  # cutmix min/max area ratio (overrides alpha when s
 _C.AUG.MIXUP_PROB = 1.0  # probability of applying mixup or cutmix to a batch
 _C.AUG.MIXUP_SWITCH_PROB = 0.5  # probability of cutmix instead of mixup when both are on
 _C.AUG.MIXUP_MODE = 'batch'  # batch, pair or elem
+_C.AUG.HFLIP = 0.5  # horizontal flip probability (0 for digits and text)
+_C.AUG.SCALE = (0.08, 1.0)  # random-resized-crop area range
 
 # -----------------------------------------------------------------------------
 # Testing
