@@ -1,0 +1,146 @@
+import pytest
+import torch
+
+from checkpoint import load_checkpoint_file, save_checkpoint
+
+from lr_scheduler import build_scheduler, lr_at, scaled_lrs
+from optimizer import build_optimizer, get_layer_id
+from tests.helpers import tiny_config, tiny_model
+
+# The tiny model has depth 2, so layers are 0 (embedding), 1, 2 (blocks) and 3 (the rest).
+EXPECTED_LAYER = {'cls_token': 0, 'pos_embed': 0, 'patch_embed': 0, 'blocks.0': 1, 'blocks.1': 2,
+                  'rel_pos_bias': 3, 'norm': 3, 'fc_norm': 3, 'head': 3}
+SCALE_BY_LAYER = {0: 0.274625, 1: 0.4225, 2: 0.65, 3: 1.0}  # 0.65 ** (3 - layer), by hand
+APE_SHARED = ['MODEL.VIT.USE_APE', 'True', 'MODEL.VIT.USE_RPB', 'False', 'MODEL.VIT.USE_SHARED_RPB', 'True',
+              'MODEL.VIT.USE_MEAN_POOLING', 'False']
+
+
+def expected_layer(name):
+    matches = [layer for prefix, layer in EXPECTED_LAYER.items() if name == prefix or name.startswith(prefix + '.')]
+    assert len(matches) == 1, name
+    return matches[0]
+
+
+def groups_by_param(optimizer):
+    """id(param) -> (group, name) for every parameter, failing on a parameter in two groups."""
+    found = {}
+    for group in optimizer.param_groups:
+        for name, param in zip(group['param_names'], group['params']):
+            assert id(param) not in found, f'{name} is in two groups'
+            found[id(param)] = (group, name)
+    return found
+
+
+@pytest.mark.parametrize('opts', [[], APE_SHARED], ids=['per_block_rpb', 'ape_shared_rpb'])
+def test_layer_decay_groups(opts):
+    config = tiny_config(opts=opts)
+    model = tiny_model(opts=opts)
+    assert config.TRAIN.LAYER_DECAY == 0.65 and config.TRAIN.WEIGHT_DECAY == 0.05
+    optimizer = build_optimizer(config, model)
+    base_lr = scaled_lrs(config, 1)[0]
+    found = groups_by_param(optimizer)
+    named = dict(model.named_parameters())
+    assert set(found) == {id(p) for p in named.values()}
+    layers_seen = set()
+    for group, name in found.values():
+        param = named[name]
+        layer = expected_layer(name)
+        layers_seen.add(layer)
+        assert group['lr_scale'] == pytest.approx(SCALE_BY_LAYER[layer]), name
+        assert group['lr'] == pytest.approx(base_lr * SCALE_BY_LAYER[layer]), name
+        assert group['initial_lr'] == base_lr
+        no_decay = param.ndim == 1 or name.endswith('.bias') or name in ('cls_token', 'pos_embed')
+        assert group['weight_decay'] == (0.0 if no_decay else 0.05), name
+        assert group['name'] == f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
+    assert layers_seen == {0, 1, 2, 3}
+
+
+def test_weight_decay_of_named_parameters():
+    optimizer = build_optimizer(tiny_config(opts=APE_SHARED), tiny_model(opts=APE_SHARED))
+    decay = {name: group['weight_decay'] for group, name in groups_by_param(optimizer).values()}
+    for name in ('cls_token', 'pos_embed', 'blocks.0.attn.q_bias', 'blocks.0.attn.v_bias', 'blocks.1.gamma_2',
+                 'blocks.0.norm1.weight', 'patch_embed.proj.bias', 'head.bias', 'norm.weight'):
+        assert decay[name] == 0.0, name
+    for name in ('patch_embed.proj.weight', 'blocks.0.attn.qkv.weight', 'blocks.1.mlp.fc2.weight',
+                 'rel_pos_bias.relative_position_bias_table', 'head.weight'):
+        assert decay[name] == 0.05, name
+
+
+def test_layer_ids_of_a_deep_model():
+    assert get_layer_id('blocks.11.mlp.fc1.weight', 12) == 12
+    assert get_layer_id('blocks.0.attn.qkv.weight', 12) == 1
+    assert get_layer_id('patch_embed.proj.weight', 12) == 0
+    assert get_layer_id('rel_pos_bias.relative_position_bias_table', 12) == 13
+    assert get_layer_id('fc_norm.weight', 12) == 13
+
+
+def test_frozen_parameters_are_left_out():
+    model = tiny_model()
+    for p in model.patch_embed.parameters():
+        p.requires_grad_(False)
+    optimizer = build_optimizer(tiny_config(), model)
+    names = {name for group in optimizer.param_groups for name in group['param_names']}
+    assert not any(name.startswith('patch_embed.') for name in names)
+    assert 'cls_token' in names
+
+
+def test_adamw_and_sgd_settings():
+    adamw = build_optimizer(tiny_config(opts=['TRAIN.OPTIMIZER.BETAS', '(0.9, 0.95)', 'TRAIN.OPTIMIZER.EPS', '1e-6']),
+                            tiny_model())
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults['betas'] == (0.9, 0.95) and adamw.defaults['eps'] == 1e-6
+    assert not adamw.defaults['fused']  # parameters on the CPU
+    sgd = build_optimizer(tiny_config(opts=['TRAIN.OPTIMIZER.NAME', 'SGD', 'TRAIN.OPTIMIZER.MOMENTUM', '0.8']),
+                          tiny_model())
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults['nesterov'] and sgd.defaults['momentum'] == 0.8
+
+
+def test_unknown_optimizer_name():
+    config = tiny_config().clone()
+    config.defrost()
+    config.TRAIN.OPTIMIZER.NAME = 'lamb'
+    with pytest.raises(ValueError, match="'lamb'.*adamw, sgd"):
+        build_optimizer(config, tiny_model())
+
+
+def test_lr_scaling():
+    # 128 per process x 4 processes x 2 accumulation steps = 1024 = 2 x 512
+    config = tiny_config(opts=['DATA.BATCH_SIZE', '128', 'TRAIN.ACCUMULATION_STEPS', '2'])
+    base, warmup, minimum = scaled_lrs(config, world_size=4)
+    assert base == pytest.approx(2 * 1.25e-3)
+    assert warmup == pytest.approx(2 * 2.5e-7) and minimum == pytest.approx(2 * 2.5e-7)
+    for steps in ('0', '1'):  # no accumulation
+        config = tiny_config(opts=['DATA.BATCH_SIZE', '64', 'TRAIN.ACCUMULATION_STEPS', steps])
+        assert scaled_lrs(config, world_size=1)[0] == pytest.approx(1.25e-3 / 8)
+    optimizer = build_optimizer(tiny_config(opts=['DATA.BATCH_SIZE', '128', 'TRAIN.ACCUMULATION_STEPS', '2']),
+                                tiny_model(), world_size=4)
+    head_group = next(g for g in optimizer.param_groups if g['name'] == 'layer_3_decay')
+    assert head_group['lr'] == pytest.approx(2 * 1.25e-3)
+
+
+def test_scheduler_applies_layer_scale_once():
+    config = tiny_config(opts=['DATA.BATCH_SIZE', '512'])
+    optimizer = build_optimizer(config, tiny_model())
+    scheduler = build_scheduler(config, optimizer, n_iter_per_epoch=10, world_size=1)
+    for num_updates in (0, 150, 600):
+        scheduler.step_update(num_updates)
+        for group in optimizer.param_groups:
+            assert group['lr'] == pytest.approx(lr_at(scheduler, num_updates) * group['lr_scale'])
+    assert lr_at(scheduler, 150) == pytest.approx(2.5e-7 + 150 * (1.25e-3 - 2.5e-7) / 200)  # warm-up: 20 x 10
+
+
+def test_optimizer_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    config = tiny_config()
+    model = tiny_model()
+    optimizer = build_optimizer(config, model)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    save_checkpoint({'optimizer': optimizer.state_dict()}, str(tmp_path / 'checkpoint.pth'))
+    state = load_checkpoint_file(str(tmp_path / 'checkpoint.pth'))  # weights_only=True
+    resumed = build_optimizer(config, model)
+    resumed.load_state_dict(state['optimizer'])
+    for before, after in zip(optimizer.param_groups, resumed.param_groups):
+        assert {k: v for k, v in before.items() if k != 'params'} == {k: v for k, v in after.items() if k != 'params'}
+    param = model.head.weight
+    assert torch.equal(resumed.state[param]['exp_avg'], optimizer.state[param]['exp_avg'])
