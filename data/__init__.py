@@ -1,0 +1,56 @@
+"""Data: ImageFolder datasets, timm transforms, distributed loaders and Mixup/CutMix from a config.
+
+    from data import build_loader, build_dataset, DataError
+
+    dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn = build_loader(config)
+    dataset_val = build_dataset(is_train=False, config=config)
+
+Datasets (DATA.DATASET):
+    'imagenet'  DATA.DATA_PATH/train and DATA.DATA_PATH/val, any ImageFolders with the same class
+                folders; the class count is len(dataset_train.classes).
+    'digits'    scikit-learn's bundled 8x8 digits, exported once (atomically) to
+                <DATA.DATA_PATH or ~/.cache/pss>/digits_<IMG_SIZE>/{train,val}/<0..9>/<index>.png
+                (80/20 split, stratified, fixed) and then read the same way (see data/digits.py).
+
+Checks: `build_loader` raises `DataError` (a ValueError) before any training, with a message naming
+the setting or path, for: an unknown DATA.DATASET or DATA.INTERPOLATION; an odd batch size with
+Mixup/CutMix on; DATA_PATH unset, missing or not a folder; no train/ or val/; a split without class
+folders or images; train and val class folders that differ; an image that PIL cannot verify
+(unless DATA.SKIP_BAD_IMAGES, which drops such files with a warning listing them); a batch size
+above the training images per process (zero iterations per epoch with drop_last). Every image is
+verified up front (data/folder.py: one open per file in a thread pool, each process the whole
+split), and an image that verifies but fails to decode later raises a DataError naming the file.
+
+Training loader: `ResumableDistributedSampler` (a DistributedSampler, also in one process; shuffled
+by config.SEED + epoch, the same on every rank), DATA.BATCH_SIZE per process, drop_last=True.
+Call `data_loader_train.sampler.set_epoch(epoch)` before each epoch. Mid-epoch resume: to continue
+an epoch after its first n batches, call
+
+    data_loader_train.sampler.set_epoch(epoch, start_batch=n)
+    for it, (samples, targets) in enumerate(data_loader_train, start=data_loader_train.sampler.start_batch):
+
+The skipped batches are not loaded, and every batch after them is exactly the one the
+uninterrupted epoch would give. `start_batch` lasts until the next `set_epoch`; `len(loader)`
+stays the full epoch, so step counts and LR schedules derived from it are unchanged.
+
+Randomness: the batch order depends only on (SEED, epoch). The augmentations draw from the Python
+and torch RNGs of the process that loads the images. With DATA.NUM_WORKERS 0 that is the training
+process itself, so restoring its RNG states on resume makes the augmented batches identical too.
+With workers, DataLoader's default seeding applies: each worker is seeded from the torch RNG
+(a base seed drawn when the loader's first iterator is created, plus the worker id), and with
+persistent workers it keeps its stream across epochs; a resumed run therefore repeats the order
+exactly, but not the random augmentations.
+
+Validation loader: `ExactDistributedSampler` gives rank r of W the indices r, r + W, r + 2W, ...
+(no padding, no duplicates), so the all-reduced counts and sums cover every image exactly once
+for any number of processes; batch DATA.BATCH_SIZE, in order, last partial batch kept.
+
+Mixup: timm's `Mixup` (with label smoothing MODEL.LABEL_SMOOTHING) when AUG.MIXUP > 0, AUG.CUTMIX > 0
+or AUG.CUTMIX_MINMAX is set, else None.
+"""
+from .build import DATASETS, build_dataset, build_loader, build_mixup, build_transform
+from .folder import DataError
+from .samplers import ExactDistributedSampler, ResumableDistributedSampler
+
+__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'ResumableDistributedSampler', 'build_dataset',
+           'build_loader', 'build_mixup', 'build_transform']

@@ -1,0 +1,177 @@
+"""Datasets, transforms, loaders and Mixup/CutMix from a config (see data/__init__.py)."""
+import logging
+import math
+import os
+
+import torch
+from PIL import Image, ImageOps
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data.auto_augment import AugmentOp
+from timm.data.transforms import str_to_interp_mode
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from utils import get_rank, get_world_size
+
+from .digits import export_digits
+from .folder import DataError, check_same_classes, image_folder, split_dir
+from .samplers import ExactDistributedSampler, ResumableDistributedSampler
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ('imagenet', 'digits')
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'random')
+DEFAULT_CACHE_ROOT = os.path.join('~', '.cache', 'pss')  # digits export when DATA.DATA_PATH is empty
+
+
+def _mixup_enabled(config):
+    aug = config.AUG
+    return aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None
+
+
+def _check_settings(config):
+    """Data settings that can be checked without touching the disk."""
+    if config.DATA.DATASET not in DATASETS:
+        raise DataError(f"DATA.DATASET '{config.DATA.DATASET}' is not known; valid values: {', '.join(DATASETS)}")
+    if config.DATA.INTERPOLATION not in INTERPOLATIONS:
+        raise DataError(f"DATA.INTERPOLATION '{config.DATA.INTERPOLATION}' is not known; "
+                        f"valid values: {', '.join(INTERPOLATIONS)}")
+    if _mixup_enabled(config) and config.DATA.BATCH_SIZE % 2:
+        raise DataError(f'DATA.BATCH_SIZE {config.DATA.BATCH_SIZE} is odd, but Mixup/CutMix (AUG.MIXUP, '
+                        f'AUG.CUTMIX, AUG.CUTMIX_MINMAX) mixes pairs of samples and needs an even batch size')
+
+
+def dataset_root(config):
+    """The folder holding train/ and val/: DATA.DATA_PATH, or the exported digits under it."""
+    _check_settings(config)
+    data_path = config.DATA.DATA_PATH
+    if config.DATA.DATASET == 'digits':
+        return export_digits(data_path or os.path.expanduser(DEFAULT_CACHE_ROOT), config.DATA.IMG_SIZE)
+    if not data_path:
+        raise DataError('DATA.DATA_PATH is not set: pass --data-path <folder with train/ and val/>')
+    if not os.path.exists(data_path):
+        raise DataError(f"data path '{data_path}' does not exist")
+    if not os.path.isdir(data_path):
+        raise DataError(f"data path '{data_path}' is not a folder")
+    return data_path
+
+
+def _posterize_any_bits(img, bits_to_keep, **_):
+    """timm's posterize op, also for 0 bits. Pillow 13 rejects bits < 1, but timm's increasing
+    posterize asks for 0 bits at magnitude 10, which the default policy 'rand-m9-mstd0.5-inc1' reaches
+    within a few ImageNet batches (its noisy magnitude is clipped at 10); keeping no bits gives a
+    black image, as it did with older Pillow."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform):
+    """Route the posterize ops of timm's RandAugment / AugMix / AutoAugment to _posterize_any_bits."""
+    for t in transform.transforms:
+        ops = list(getattr(t, 'ops', []))  # RandAugment, AugMixAugment
+        for sub_policy in getattr(t, 'policy', []):  # AutoAugment: a list of op sequences
+            ops.extend(sub_policy)
+        for op in ops:
+            if isinstance(op, AugmentOp) and op.name.startswith('Posterize'):
+                op.aug_fn = _posterize_any_bits
+    return transform
+
+
+def build_transform(is_train, config):
+    """timm's RandAugment pipeline for training; resize (+ centre crop) for validation."""
+    size = config.DATA.IMG_SIZE
+    if is_train:
+        aug = config.AUG
+        return _fix_posterize(create_transform(
+            input_size=size,
+            is_training=True,
+            color_jitter=aug.COLOR_JITTER if aug.COLOR_JITTER > 0 else None,
+            auto_augment=aug.AUTO_AUGMENT if aug.AUTO_AUGMENT not in ('none', '') else None,
+            re_prob=aug.REPROB,
+            re_mode=aug.REMODE,
+            re_count=aug.RECOUNT,
+            interpolation=config.DATA.INTERPOLATION,
+            hflip=aug.HFLIP,
+            scale=tuple(aug.SCALE),
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+        ))
+    # Validation must be deterministic: 'random' interpolation (a training augmentation) becomes bicubic.
+    interpolation = config.DATA.INTERPOLATION
+    interpolation = str_to_interp_mode('bicubic' if interpolation == 'random' else interpolation)
+    if config.TEST.CROP:
+        # The usual ImageNet protocol: short side to 256/224 of the size (256 for 224), centre crop.
+        resize = [transforms.Resize(int(256 / 224 * size), interpolation=interpolation),
+                  transforms.CenterCrop(size)]
+    else:
+        resize = [transforms.Resize((size, size), interpolation=interpolation)]
+    return transforms.Compose(resize + [transforms.ToTensor(),
+                                        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+
+
+def _split_dataset(root, is_train, config):
+    split = 'train' if is_train else 'val'
+    dataset = image_folder(split_dir(root, split), build_transform(is_train, config), config.DATA.SKIP_BAD_IMAGES)
+    logger.info('%s: %d images in %d classes from %s', split, len(dataset), len(dataset.classes), dataset.root)
+    return dataset
+
+
+def build_dataset(is_train, config):
+    """The train or val ImageFolder (with .classes, .class_to_idx, .samples), every image verified."""
+    return _split_dataset(dataset_root(config), is_train, config)
+
+
+def build_mixup(config, num_classes):
+    """timm's Mixup/CutMix (which also smooths the labels), or None when both are off."""
+    if not _mixup_enabled(config):
+        return None
+    aug = config.AUG
+    return Mixup(
+        mixup_alpha=aug.MIXUP,
+        cutmix_alpha=aug.CUTMIX,
+        cutmix_minmax=tuple(aug.CUTMIX_MINMAX) if aug.CUTMIX_MINMAX is not None else None,
+        prob=aug.MIXUP_PROB,
+        switch_prob=aug.MIXUP_SWITCH_PROB,
+        mode=aug.MIXUP_MODE,
+        label_smoothing=config.MODEL.LABEL_SMOOTHING,
+        num_classes=num_classes,
+    )
+
+
+def _check_iterations(dataset_train, batch_size, world_size):
+    # DistributedSampler pads every rank to ceil(n / world) samples; drop_last then keeps full batches.
+    per_rank = math.ceil(len(dataset_train) / world_size)
+    if per_rank < batch_size:
+        raise DataError(f'DATA.BATCH_SIZE {batch_size} is larger than the {per_rank} training images per '
+                        f"process ({len(dataset_train)} images in '{dataset_train.root}' over {world_size} "
+                        f'process(es)): with drop_last an epoch would have zero iterations; '
+                        f'use a batch size of at most {per_rank}')
+
+
+def build_loader(config):
+    """(dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn); see data/__init__.py."""
+    root = dataset_root(config)
+    train_dir, val_dir = split_dir(root, 'train'), split_dir(root, 'val')
+    check_same_classes(train_dir, val_dir)  # cheap, so before verifying every image
+    dataset_train = _split_dataset(root, True, config)
+    dataset_val = _split_dataset(root, False, config)
+
+    world_size, rank = get_world_size(), get_rank()
+    batch_size = config.DATA.BATCH_SIZE
+    _check_iterations(dataset_train, batch_size, world_size)
+    num_workers = config.DATA.NUM_WORKERS
+    loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
+                         persistent_workers=num_workers > 0)
+    # The sampler is distributed even in one process, so that set_epoch() fixes each epoch's order.
+    sampler_train = ResumableDistributedSampler(dataset_train, batch_size=batch_size, num_replicas=world_size,
+                                                rank=rank, seed=config.SEED)
+    data_loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_kwargs)
+    sampler_val = ExactDistributedSampler(dataset_val, num_replicas=world_size, rank=rank)
+    data_loader_val = DataLoader(dataset_val, sampler=sampler_val, shuffle=False, drop_last=False, **loader_kwargs)
+
+    mixup_fn = build_mixup(config, num_classes=len(dataset_train.classes))
+    return dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn

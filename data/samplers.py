@@ -1,0 +1,67 @@
+"""Samplers: a training sampler that can start an epoch part-way, and an exact validation sampler.
+
+Both take `num_replicas` / `rank` explicitly (the builders pass `utils.get_world_size()` /
+`utils.get_rank()`), so tests can build the sampler of any rank in one process.
+"""
+from torch.utils.data import DistributedSampler, Sampler
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """`DistributedSampler` (shuffled by `seed + epoch`, padded to equal length per rank) whose
+    epoch can start at a given batch, for mid-epoch resume.
+
+        sampler.set_epoch(epoch)                  # the whole epoch
+        sampler.set_epoch(epoch, start_batch=n)   # the same epoch, without its first n batches
+
+    The skipped batches are never loaded: the index list is cut before the DataLoader sees it, and
+    because the cut is a whole number of batches (the loader uses this `batch_size` and
+    drop_last=True) every remaining batch is exactly the one the uninterrupted epoch would give.
+    `start_batch` applies until the next `set_epoch` call, so a resumed run only needs to pass it
+    for the first epoch it runs.
+
+    `len(sampler)` stays the full epoch (and so does `len(loader)`), so iteration counts and LR
+    schedules computed from it do not change on resume; the loop numbers its batches from
+    `sampler.start_batch`: `for it, batch in enumerate(loader, start=loader.sampler.start_batch)`.
+    """
+
+    def __init__(self, dataset, batch_size, num_replicas, rank, seed=0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=False)
+        self.batch_size = batch_size
+        self.start_batch = 0
+
+    @property
+    def num_batches(self):
+        """Full batches per epoch on this rank (the last partial batch is dropped)."""
+        return self.num_samples // self.batch_size
+
+    def set_epoch(self, epoch, start_batch=0):
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f'start_batch {start_batch} is outside [0, {self.num_batches}] '
+                             f'(batches per epoch on this rank)')
+        super().set_epoch(epoch)
+        self.start_batch = start_batch
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start_batch * self.batch_size:])
+
+
+class ExactDistributedSampler(Sampler):
+    """Rank r of W gets indices r, r + W, r + 2W, ... in order: no padding and no duplicates, so
+    over all ranks every sample is seen exactly once (ranks may differ in length by one, and a rank
+    may get none when there are fewer samples than ranks). For validation, where the per-rank
+    counts and sums are all-reduced afterwards."""
+
+    def __init__(self, dataset, num_replicas, rank):
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f'rank {rank} is outside [0, {num_replicas}) for {num_replicas} replicas')
+        self.num_total = len(dataset)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __iter__(self):
+        return iter(range(self.rank, self.num_total, self.num_replicas))
+
+    def __len__(self):
+        return len(range(self.rank, self.num_total, self.num_replicas))
