@@ -41,9 +41,13 @@ With workers, DataLoader's default seeding applies: each worker is seeded from t
 persistent workers it keeps its stream across epochs; a resumed run therefore repeats the order
 exactly, but not the random augmentations.
 
-Validation loader: `ExactDistributedSampler` gives rank r of W the indices r, r + W, r + 2W, ...
-(no padding, no duplicates), so the all-reduced counts and sums cover every image exactly once
-for any number of processes; batch DATA.BATCH_SIZE, in order, last partial batch kept.
+Validation loader: batch DATA.BATCH_SIZE, in order, last partial batch kept. Its
+`ExactDistributedSampler` cuts the validation set into global batches and gives rank r of W the
+batches r, r + W, r + 2W, ... (no padding, no duplicates; with batch size 1 that is the indices
+r, r + W, ...), so the all-reduced counts and sums cover every image exactly once for any number of
+processes, and each batch holds the same images as in a one-process run. `sampler.batch_ids()`
+(the global index of each local batch) and `sampler.num_batches` (global batches) let evaluation
+sum per-batch results in one fixed order, for bit-identical numbers across world sizes.
 
 Mixup: timm's `Mixup` (with label smoothing MODEL.LABEL_SMOOTHING) when AUG.MIXUP > 0, AUG.CUTMIX > 0
 or AUG.CUTMIX_MINMAX is set, else None.

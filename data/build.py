@@ -170,7 +170,8 @@ def build_loader(config):
     sampler_train = ResumableDistributedSampler(dataset_train, batch_size=batch_size, num_replicas=world_size,
                                                 rank=rank, seed=config.SEED)
     data_loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_kwargs)
-    sampler_val = ExactDistributedSampler(dataset_val, num_replicas=world_size, rank=rank)
+    # Whole validation batches per rank, so each batch holds the same images whatever the world size.
+    sampler_val = ExactDistributedSampler(dataset_val, num_replicas=world_size, rank=rank, batch_size=batch_size)
     data_loader_val = DataLoader(dataset_val, sampler=sampler_val, shuffle=False, drop_last=False, **loader_kwargs)
 
     mixup_fn = build_mixup(config, num_classes=len(dataset_train.classes))

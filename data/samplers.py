@@ -48,20 +48,39 @@ class ResumableDistributedSampler(DistributedSampler):
 
 
 class ExactDistributedSampler(Sampler):
-    """Rank r of W gets indices r, r + W, r + 2W, ... in order: no padding and no duplicates, so
-    over all ranks every sample is seen exactly once (ranks may differ in length by one, and a rank
-    may get none when there are fewer samples than ranks). For validation, where the per-rank
-    counts and sums are all-reduced afterwards."""
+    """Whole batches dealt round-robin, without padding or duplicates: the dataset is cut in order
+    into global batches of `batch_size` (the last may be partial), and rank r of W gets global
+    batches r, r + W, r + 2W, ... in order. Over all ranks every sample is seen exactly once.
 
-    def __init__(self, dataset, num_replicas, rank):
+    With batch_size=1 rank r simply gets indices r, r + W, r + 2W, .... With the loader's batch
+    size (and drop_last=False) each loader batch is exactly one global batch, the same images as in
+    a one-process run: per-batch results do not depend on the number of processes, and
+    `batch_ids()` / `num_batches` let the evaluation put them back in one order before summing.
+    Ranks may differ by one batch, and a rank may get none when there are fewer batches than ranks.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, batch_size=1):
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f'rank {rank} is outside [0, {num_replicas}) for {num_replicas} replicas')
+        if batch_size < 1:
+            raise ValueError(f'batch_size {batch_size} must be at least 1')
         self.num_total = len(dataset)
         self.num_replicas = num_replicas
         self.rank = rank
+        self.batch_size = batch_size
+
+    @property
+    def num_batches(self):
+        """Global batches over all ranks."""
+        return -(-self.num_total // self.batch_size)
+
+    def batch_ids(self):
+        """The global batch index of each batch this rank yields, in order."""
+        return range(self.rank, self.num_batches, self.num_replicas)
 
     def __iter__(self):
-        return iter(range(self.rank, self.num_total, self.num_replicas))
+        for batch in self.batch_ids():
+            yield from range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.num_total))
 
     def __len__(self):
-        return len(range(self.rank, self.num_total, self.num_replicas))
+        return sum(min(self.batch_size, self.num_total - batch * self.batch_size) for batch in self.batch_ids())

@@ -109,6 +109,35 @@ def test_exact_sampler_covers_every_index_once(num_total):
         ExactDistributedSampler(dataset, num_replicas=3, rank=3)
 
 
+def test_exact_sampler_deals_whole_batches():
+    dataset = range(13)  # batches of 4: [0..3], [4..7], [8..11], [12]
+    for world in (1, 2, 3):
+        samplers = [ExactDistributedSampler(dataset, num_replicas=world, rank=r, batch_size=4) for r in range(world)]
+        assert all(s.num_batches == 4 for s in samplers)
+        assert sorted(i for s in samplers for i in s) == list(range(13))
+        for rank, sampler in enumerate(samplers):
+            assert list(sampler.batch_ids()) == list(range(rank, 4, world))
+            assert list(sampler) == [i for b in sampler.batch_ids() for i in range(4 * b, min(4 * b + 4, 13))]
+            assert len(sampler) == len(list(sampler))
+
+
+def test_val_loader_batches_are_the_same_for_any_number_of_processes(tmp_path, monkeypatch):
+    make_folder(tmp_path, train=(4, 3, 3), val=(3, 2, 2))  # 7 val images, batch 2: 4 global batches
+    config = make_config(tmp_path, 'DATA.BATCH_SIZE', '2')
+    one_process = all_batches(build_loader(config)[3])
+    for world in (2, 3):
+        monkeypatch.setattr(data.build, 'get_world_size', lambda world=world: world)
+        seen = []
+        for rank in range(world):
+            monkeypatch.setattr(data.build, 'get_rank', lambda rank=rank: rank)
+            loader_val = build_loader(config)[3]
+            batch_ids = list(loader_val.sampler.batch_ids())
+            batches = all_batches(loader_val)
+            assert_same_batches(batches, [one_process[b] for b in batch_ids])
+            seen += batch_ids
+        assert sorted(seen) == [0, 1, 2, 3]
+
+
 def test_epoch_fixes_the_order(tmp_path):
     make_folder(tmp_path, train=(5, 5, 4))
     _, _, loader_train, _, _ = build_loader(make_config(tmp_path))
