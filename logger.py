@@ -9,7 +9,10 @@ from termcolor import colored
 
 @functools.lru_cache()
 def create_logger(output_dir, dist_rank=0, name=''):
-    """A logger that writes every rank's messages to its own file and rank 0's to stdout too."""
+    """A logger that writes every rank's messages to its own file and rank 0's to stdout too.
+
+    With output_dir None it only prints (used before the inputs are checked, and by --eval).
+    """
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -26,6 +29,8 @@ def create_logger(output_dir, dist_rank=0, name=''):
         console.setFormatter(logging.Formatter(color_fmt, datefmt=datefmt))
         logger.addHandler(console)
 
+    if output_dir is None:
+        return logger
     os.makedirs(output_dir, exist_ok=True)
     file_handler = logging.FileHandler(os.path.join(output_dir, f'log_rank{dist_rank}.txt'), mode='a')
     file_handler.setLevel(logging.DEBUG)

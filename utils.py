@@ -63,3 +63,65 @@ def unwrap_model(model):
     """The bare model under DistributedDataParallel and torch.compile wrappers."""
     model = getattr(model, 'module', model)
     return getattr(model, '_orig_mod', model)
+
+
+def all_gather_object(obj):
+    """A list with every process's `obj` (rank order); [obj] in one process."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def autocast_dtype(amp_opt_level, device):
+    """Mixed-precision dtype for AMP_OPT_LEVEL O1/O2 (native autocast, no apex), or None for fp32.
+
+    bf16 where the GPU supports it (no loss scaling needed), else fp16 with a GradScaler. On CPU the
+    run stays fp32: bf16 matmuls are slower than fp32 on most CPUs and would change the numbers.
+    """
+    if amp_opt_level == 'O0' or device.type != 'cuda':
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def memory_mb(device):
+    """Peak memory in MB: CUDA max allocated, or the process's peak resident set on CPU."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KB
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def get_rng_state():
+    """This process's RNG states as tensors and plain Python types (loadable with weights_only)."""
+    import random
+
+    import numpy as np
+    np_state = np.random.get_state()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype('int64')), *np_state[2:]],
+        'python': random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    import random
+
+    import numpy as np
+    torch.set_rng_state(state['torch'])
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype('uint32'), pos, has_gauss, cached))
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])

@@ -1,4 +1,9 @@
-from .vision_transformer import VisionTransformer
+import warnings
+
+# timm's HRNet file still uses torch.jit.interface, which warns at every import of timm.
+warnings.filterwarnings('ignore', message='`torch.jit.interface` is deprecated', category=FutureWarning)
+
+from .vision_transformer import VisionTransformer  # noqa: E402
 
 MODEL_TYPES = ('pss_vit', 'vit')
 

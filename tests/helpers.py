@@ -24,3 +24,26 @@ def tiny_model(opts=(), bias_std=0.5, seed=0):
             if name.endswith('relative_position_bias_table'):
                 p.normal_(std=bias_std)
     return model
+
+
+def make_image_folder(root, classes=('a', 'b', 'c'), num_train=8, num_val=3, size=16, seed=0):
+    """A tiny ImageFolder dataset: root/train/<class>/*.png and root/val/<class>/*.png.
+
+    Each class has its own mean colour plus noise, so a model can learn it in a few steps.
+    Returns root as a string.
+    """
+    import os
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, count in (('train', num_train), ('val', num_val)):
+        for c, name in enumerate(classes):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            n = count[c] if isinstance(count, (list, tuple)) else count
+            for i in range(n):
+                base = np.zeros((size, size, 3)) + 60 + 70 * c
+                pixels = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f'{i}.png'))
+    return str(root)

@@ -1,0 +1,306 @@
+"""Fine-tune a ViT with a patch sampling schedule (PSS).
+
+    python -m torch.distributed.launch --nproc_per_node 4 main_finetune.py \\
+        --cfg configs/vit-b/magnitude_cyclic_80_0.yaml --data-path <imagenet> \\
+        --pretrained <simmim checkpoint> --output <dir>
+    torchrun --nproc_per_node 4 main_finetune.py --cfg ...       # the same
+    python main_finetune.py --cfg configs/demo/magnitude_cyclic.yaml   # one process, CPU or GPU
+    python main_finetune.py --cfg ... --resume <ckpt> --eval         # validate a checkpoint
+
+Writes to <output>/<MODEL.NAME>/<TAG>/: config.yaml, log_rank0.txt, train_log.json (one JSON line
+per optimizer step), val_log.json (one per epoch), checkpoint.pth (always the newest) and
+ckpt_epoch_<E>.pth every SAVE_FREQ epochs. A killed run restarted with the same command continues
+from the newest readable checkpoint (TRAIN.AUTO_RESUME). SIGTERM / SIGINT finish the current step,
+write a checkpoint and exit with status 3.
+"""
+import argparse
+import datetime
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
+                        load_pretrained, prune_checkpoints, save_checkpoint)
+from config import ConfigError, get_config
+from data import DataError, build_loader
+from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
+from logger import create_logger
+from lr_scheduler import build_scheduler
+from models import build_model
+from optimizer import build_optimizer
+from patch_scheduler import build_patch_scheduler
+from utils import (all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state,
+                   init_distributed_mode, memory_mb, set_rng_state, unwrap_model)
+
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 3
+
+
+def get_parser():
+    parser = argparse.ArgumentParser('PSS fine-tuning', add_help=True)
+    parser.add_argument('--cfg', type=str, required=True, metavar='FILE', help='path to the config file')
+    parser.add_argument('--opts', default=None, nargs='+', help='override config options: KEY VALUE pairs')
+    parser.add_argument('--batch-size', type=int, help='batch size per process')
+    parser.add_argument('--data-path', type=str, help='dataset root with train/ and val/')
+    parser.add_argument('--pretrained', type=str, help='SimMIM / PSS checkpoint to initialise from')
+    parser.add_argument('--resume', help='checkpoint to resume from (or to evaluate with --eval)')
+    parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step')
+    parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')
+    parser.add_argument('--amp-opt-level', type=str, choices=['O0', 'O1', 'O2'],
+                        help='O0: fp32; O1 / O2: native mixed precision on CUDA')
+    parser.add_argument('--output', default='output', type=str, metavar='PATH',
+                        help='root of the output folder <output>/<MODEL.NAME>/<TAG>')
+    parser.add_argument('--tag', help='run tag')
+    parser.add_argument('--eval', action='store_true', help='only validate the --resume checkpoint')
+    parser.add_argument('--throughput', action='store_true', help='only measure model throughput')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow checkpoints that pickle Python objects (old releases): only for files you trust')
+    # Legacy launcher flag: torch.distributed.launch used to pass it; the environment is what counts.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the training loop checks it after every step (all ranks agree)."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = ''
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __call__(self):
+        flag = torch.tensor([float(self.requested)])
+        return bool(all_reduce_sum(flag).item() > 0)
+
+
+def truncate_logs(output_dir, global_step, epoch):
+    """Drop log lines written after the checkpoint being resumed, so each appears exactly once."""
+    for name, keep in (('train_log.json', lambda r: r['iteration'] < global_step),
+                       ('val_log.json', lambda r: r['epoch'] < epoch)):
+        path = os.path.join(output_dir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if keep(json.loads(line)):
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut short by the crash
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+def select_resume_checkpoint(config, logger):
+    """The checkpoint to resume from: the newest readable one in the output folder (auto-resume),
+    else --resume. Returns (path, state) or (None, None)."""
+    trusted = config.TRUST_CHECKPOINT
+    if config.TRAIN.AUTO_RESUME and os.path.isdir(config.OUTPUT):
+        for path in find_checkpoints(config.OUTPUT):
+            try:
+                return path, load_checkpoint_file(path, trusted=trusted)
+            except CheckpointError as e:
+                logger.warning(f'auto-resume: cannot read {path} ({e}); trying the previous checkpoint')
+    if config.MODEL.RESUME:
+        return config.MODEL.RESUME, load_checkpoint_file(config.MODEL.RESUME, trusted=trusted)
+    return None, None
+
+
+def main(config):
+    rank, world_size, local_rank, device = init_distributed_mode()
+    seed_everything(config.SEED + rank)
+    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device)
+    write_files = not (config.EVAL_MODE or config.THROUGHPUT_MODE)
+    # Nothing is written until every input has been checked: a bad path leaves the folder as it was.
+    logger = create_logger(None, rank, name=config.MODEL.NAME)
+
+    dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
+    num_classes = len(dataset_val.classes)
+    model = build_model(config, num_classes=num_classes).to(device)
+    logger.info(f'{config.MODEL.TYPE}: {sum(p.numel() for p in model.parameters()):,} parameters, '
+                f'{num_classes} classes, {len(dataset_train)} training / {len(dataset_val)} validation images')
+
+    accum = max(1, config.TRAIN.ACCUMULATION_STEPS)
+    steps_per_epoch = len(loader_train) // accum
+    if steps_per_epoch == 0:
+        raise DataError(f'{len(loader_train)} batches per epoch cannot make one optimizer step of '
+                        f'{accum} accumulated batches')
+    optimizer = build_optimizer(config, model, world_size)
+    lr_scheduler = build_scheduler(config, optimizer, steps_per_epoch, world_size)
+    patch_scheduler = build_patch_scheduler(config, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    if config.EVAL_MODE or config.THROUGHPUT_MODE:
+        checkpoint_path, state = None, None
+        if config.MODEL.RESUME:
+            checkpoint_path = config.MODEL.RESUME
+            state = load_checkpoint_file(checkpoint_path, trusted=config.TRUST_CHECKPOINT)
+    else:
+        checkpoint_path, state = select_resume_checkpoint(config, logger)
+    if state is not None:
+        check_state_dict(model, state['model'], checkpoint_path)
+    elif config.PRETRAINED:
+        load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
+
+    start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
+        logger.info(f'loaded {checkpoint_path}')
+        if write_files and 'optimizer' in state:
+            optimizer.load_state_dict(state['optimizer'])
+            lr_scheduler.load_state_dict(state['lr_scheduler'])
+            if 'scaler' in state:
+                scaler.load_state_dict(state['scaler'])
+            max_accuracy = state.get('max_accuracy', 0.0)
+            start_step = state.get('step_in_epoch', 0)
+            start_epoch = state['epoch'] + (0 if start_step else 1)
+            if 'patch_scheduler' in state:
+                patch_scheduler.load_state_dict(state['patch_scheduler'])
+            else:
+                patch_scheduler.set_epoch(start_epoch)
+            if 'rng' in state and len(state['rng']) == world_size:
+                set_rng_state(state['rng'][rank])
+
+    if config.TRAIN.COMPILE:
+        model = torch.compile(model, dynamic=False)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == 'cuda' else None)
+    bare = unwrap_model(model)
+
+    if config.THROUGHPUT_MODE:
+        images_per_s = throughput(model, loader_val, device, amp_dtype)
+        logger.info(f'batch_size {config.DATA.BATCH_SIZE} throughput {images_per_s:.1f} images/s')
+        return 0
+    if config.EVAL_MODE:
+        bare.set_patch_drop_ratio(0.0)
+        stats = evaluate(model, loader_val, device, amp_dtype, logger, config.PRINT_FREQ)
+        logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
+        logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
+        logger.info(f'Loss of the network on the {stats["num_images"]} test images: {stats["loss"]:.8f}')
+        return 0
+
+    # ---- from here on the output folder is written ---------------------------------------------
+    if rank == 0:
+        os.makedirs(config.OUTPUT, exist_ok=True)
+    barrier()
+    logger = create_logger(config.OUTPUT, rank, name=config.MODEL.NAME)
+    if rank == 0:
+        with open(os.path.join(config.OUTPUT, 'config.yaml'), 'w') as f:
+            f.write(config.dump())
+        truncate_logs(config.OUTPUT, start_epoch * steps_per_epoch + start_step, start_epoch)
+    logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
+                if state is not None else f'output folder {config.OUTPUT}')
+    train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
+    val_log = open(os.path.join(config.OUTPUT, 'val_log.json'), 'a') if rank == 0 else None
+
+    if mixup_fn is not None:
+        from timm.loss import SoftTargetCrossEntropy
+        criterion = SoftTargetCrossEntropy()
+    elif config.MODEL.LABEL_SMOOTHING > 0:
+        from timm.loss import LabelSmoothingCrossEntropy
+        criterion = LabelSmoothingCrossEntropy(smoothing=config.MODEL.LABEL_SMOOTHING)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    def make_state(epoch, step_in_epoch):
+        return {'model': bare.state_dict(), 'optimizer': optimizer.state_dict(),
+                'lr_scheduler': lr_scheduler.state_dict(), 'scaler': scaler.state_dict(),
+                'patch_scheduler': patch_scheduler.state_dict(), 'epoch': epoch,
+                'step_in_epoch': step_in_epoch, 'max_accuracy': max_accuracy, 'config': config.dump(),
+                'rng': all_gather_object(get_rng_state())}
+
+    def write_checkpoint(epoch, step_in_epoch, epoch_file=False):
+        state = make_state(epoch, step_in_epoch)  # every rank joins the RNG gather
+        if rank == 0:
+            if epoch_file:
+                save_checkpoint(state, os.path.join(config.OUTPUT, f'ckpt_epoch_{epoch}.pth'))
+                prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
+            save_checkpoint(state, os.path.join(config.OUTPUT, 'checkpoint.pth'))
+        barrier()
+
+    stop = StopRequest()
+    every = config.TRAIN.CHECKPOINT_EVERY_STEPS
+
+    def on_step_end(step):
+        if every and step % every == 0 and step < steps_per_epoch:
+            write_checkpoint(epoch, step)
+
+    logger.info('start training')
+    start_time = time.time()
+    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
+        # the epoch's order is fixed by (SEED, epoch); a mid-epoch resume skips the batches already seen
+        loader_train.sampler.set_epoch(epoch, start_batch=start_step * accum)
+        done = train_one_epoch(config, model, criterion, loader_train, optimizer, lr_scheduler, patch_scheduler,
+                               scaler, mixup_fn, epoch, device, logger, train_log, amp_dtype,
+                               start_step=start_step, should_stop=stop, on_step_end=on_step_end)
+        start_step = 0
+        if done < steps_per_epoch:  # stopped by a signal
+            write_checkpoint(epoch, done)
+            logger.warning(f'{stop.signal_name or "stop"} received: checkpoint written at epoch {epoch}, '
+                           f'step {done}. Run the same command again to resume.')
+            return EXIT_PREEMPTED
+
+        drop_ratio = bare.patch_drop_ratio
+        bare.set_patch_drop_ratio(0.0)  # validate with all patches
+        stats = evaluate(model, loader_val, device, amp_dtype)
+        bare.set_patch_drop_ratio(drop_ratio)
+        max_accuracy = max(max_accuracy, stats['acc1'])
+        logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
+        logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
+        logger.info(f'Max accuracy: {max_accuracy:.2f}%')
+        if val_log is not None:
+            val_log.write(json.dumps({'epoch': epoch, 'loss': stats['loss'], 'acc1': stats['acc1'],
+                                      'acc5': stats['acc5'], 'time': stats['time'],
+                                      'memory': memory_mb(device)}) + '\n')
+            val_log.flush()
+        last = epoch == config.TRAIN.EPOCHS - 1
+        write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
+        if stop():
+            logger.warning(f'{stop.signal_name or "stop"} received: checkpoint written after epoch {epoch}. '
+                           'Run the same command again to resume.')
+            return EXIT_PREEMPTED
+
+    logger.info(f'Training time {datetime.timedelta(seconds=int(time.time() - start_time))}')
+    return 0
+
+
+def run(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        config = get_config(args)
+        return main(config)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    status = run()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(status)
