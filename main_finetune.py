@@ -28,7 +28,7 @@ import torch
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
                         load_pretrained, prune_checkpoints, save_checkpoint)
 from config import ConfigError, get_config
-from data import DataError, build_loader
+from data import DataError, build_loader, set_train_epoch
 from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
 from logger import create_logger
 from lr_scheduler import build_scheduler
@@ -251,7 +251,7 @@ def main(config):
     start_time = time.time()
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         # the epoch's order is fixed by (SEED, epoch); a mid-epoch resume skips the batches already seen
-        loader_train.sampler.set_epoch(epoch, start_batch=start_step * accum)
+        set_train_epoch(loader_train, epoch, start_batch=start_step * accum)
         done = train_one_epoch(config, model, criterion, loader_train, optimizer, lr_scheduler, patch_scheduler,
                                scaler, mixup_fn, epoch, device, logger, train_log, amp_dtype,
                                start_step=start_step, should_stop=stop, on_step_end=on_step_end)

@@ -4,6 +4,7 @@
 
     dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn = build_loader(config)
     dataset_val = build_dataset(is_train=False, config=config)
+    dataset_val, data_loader_val = build_val_loader(config)   # evaluation only: train/ is not read
 
 Datasets (DATA.DATASET):
     'imagenet'  DATA.DATA_PATH/train and DATA.DATA_PATH/val, any ImageFolders with the same class
@@ -23,23 +24,20 @@ split), and an image that verifies but fails to decode later raises a DataError 
 
 Training loader: `ResumableDistributedSampler` (a DistributedSampler, also in one process; shuffled
 by config.SEED + epoch, the same on every rank), DATA.BATCH_SIZE per process, drop_last=True.
-Call `data_loader_train.sampler.set_epoch(epoch)` before each epoch. Mid-epoch resume: to continue
-an epoch after its first n batches, call
+Before each epoch call `set_train_epoch(data_loader_train, epoch)`; to continue an epoch after its
+first n batches (mid-epoch resume), `set_train_epoch(data_loader_train, epoch, start_batch=n)`:
 
-    data_loader_train.sampler.set_epoch(epoch, start_batch=n)
     for it, (samples, targets) in enumerate(data_loader_train, start=data_loader_train.sampler.start_batch):
 
 The skipped batches are not loaded, and every batch after them is exactly the one the
-uninterrupted epoch would give. `start_batch` lasts until the next `set_epoch`; `len(loader)`
-stays the full epoch, so step counts and LR schedules derived from it are unchanged.
+uninterrupted epoch would give. `start_batch` lasts until the next epoch; `len(loader)` stays the
+full epoch, so step counts and LR schedules derived from it are unchanged.
 
-Randomness: the batch order depends only on (SEED, epoch). The augmentations draw from the Python
-and torch RNGs of the process that loads the images. With DATA.NUM_WORKERS 0 that is the training
-process itself, so restoring its RNG states on resume makes the augmented batches identical too.
-With workers, DataLoader's default seeding applies: each worker is seeded from the torch RNG
-(a base seed drawn when the loader's first iterator is created, plus the worker id), and with
-persistent workers it keeps its stream across epochs; a resumed run therefore repeats the order
-exactly, but not the random augmentations.
+Randomness: the batch order depends only on (SEED, epoch), and each sample's augmentation draws
+from RNGs seeded by (SEED, epoch, index) (data/seeding.py), whatever the number of workers and
+wherever the epoch was resumed; the training process's own RNGs (dropout, drop path, Mixup, random
+patch selection) are left untouched by loading, so restoring them on resume makes a resumed run
+bit-identical to an uninterrupted one.
 
 Validation loader: batch DATA.BATCH_SIZE, in order, last partial batch kept. Its
 `ExactDistributedSampler` cuts the validation set into global batches and gives rank r of W the
@@ -52,9 +50,11 @@ sum per-batch results in one fixed order, for bit-identical numbers across world
 Mixup: timm's `Mixup` (with label smoothing MODEL.LABEL_SMOOTHING) when AUG.MIXUP > 0, AUG.CUTMIX > 0
 or AUG.CUTMIX_MINMAX is set, else None.
 """
-from .build import DATASETS, build_dataset, build_loader, build_mixup, build_transform
+from .build import (DATASETS, build_dataset, build_loader, build_mixup, build_transform, build_val_loader,
+                    set_train_epoch)
 from .folder import DataError
 from .samplers import ExactDistributedSampler, ResumableDistributedSampler
 
-__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'ResumableDistributedSampler', 'build_dataset',
-           'build_loader', 'build_mixup', 'build_transform']
+__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'ResumableDistributedSampler', 'set_train_epoch',
+           'build_dataset',
+           'build_loader', 'build_mixup', 'build_transform', 'build_val_loader']

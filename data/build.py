@@ -16,6 +16,7 @@ from utils import get_rank, get_world_size
 from .digits import export_digits
 from .folder import DataError, check_same_classes, image_folder, split_dir
 from .samplers import ExactDistributedSampler, ResumableDistributedSampler
+from .seeding import SeededDataset
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,35 @@ def _check_iterations(dataset_train, batch_size, world_size):
                         f'use a batch size of at most {per_rank}')
 
 
+def _loader_kwargs(config):
+    num_workers = config.DATA.NUM_WORKERS
+    return dict(batch_size=config.DATA.BATCH_SIZE, num_workers=num_workers,
+                pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
+                persistent_workers=num_workers > 0)
+
+
+def _val_loader(dataset_val, config):
+    # Whole validation batches per rank, so each batch holds the same images whatever the world size.
+    sampler_val = ExactDistributedSampler(dataset_val, num_replicas=get_world_size(), rank=get_rank(),
+                                          batch_size=config.DATA.BATCH_SIZE)
+    return DataLoader(dataset_val, sampler=sampler_val, shuffle=False, drop_last=False,
+                      generator=torch.Generator(), **_loader_kwargs(config))
+
+
+def build_val_loader(config):
+    """(dataset_val, data_loader_val) alone, for scripts that only evaluate: the training split is
+    neither read nor verified. The same loader as build_loader's (see data/__init__.py)."""
+    dataset_val = _split_dataset(dataset_root(config), False, config)
+    return dataset_val, _val_loader(dataset_val, config)
+
+
+def set_train_epoch(data_loader_train, epoch, start_batch=0):
+    """Before each epoch: fix its order and augmentation seeds; skip its first `start_batch`
+    batches when resuming mid-epoch (they are not loaded)."""
+    data_loader_train.sampler.set_epoch(epoch, start_batch=start_batch)
+    data_loader_train.dataset.set_epoch(epoch)
+
+
 def build_loader(config):
     """(dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn); see data/__init__.py."""
     root = dataset_root(config)
@@ -162,17 +192,16 @@ def build_loader(config):
     world_size, rank = get_world_size(), get_rank()
     batch_size = config.DATA.BATCH_SIZE
     _check_iterations(dataset_train, batch_size, world_size)
-    num_workers = config.DATA.NUM_WORKERS
-    loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
-                         persistent_workers=num_workers > 0)
     # The sampler is distributed even in one process, so that set_epoch() fixes each epoch's order.
     sampler_train = ResumableDistributedSampler(dataset_train, batch_size=batch_size, num_replicas=world_size,
                                                 rank=rank, seed=config.SEED)
-    data_loader_train = DataLoader(dataset_train, sampler=sampler_train, drop_last=True, **loader_kwargs)
-    # Whole validation batches per rank, so each batch holds the same images whatever the world size.
-    sampler_val = ExactDistributedSampler(dataset_val, num_replicas=world_size, rank=rank, batch_size=batch_size)
-    data_loader_val = DataLoader(dataset_val, sampler=sampler_val, shuffle=False, drop_last=False, **loader_kwargs)
+    # Per-sample seeded augmentation and a private generator for the workers' base seed: the
+    # batches depend only on (SEED, epoch), never on the training process's RNG or the resume point.
+    # Workers are not persistent so that each epoch's workers see the epoch set by set_train_epoch.
+    kwargs = dict(_loader_kwargs(config), persistent_workers=False)
+    data_loader_train = DataLoader(SeededDataset(dataset_train, config.SEED), sampler=sampler_train,
+                                   drop_last=True, generator=torch.Generator(), **kwargs)
+    data_loader_val = _val_loader(dataset_val, config)
 
     mixup_fn = build_mixup(config, num_classes=len(dataset_train.classes))
     return dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn

@@ -154,7 +154,7 @@ def test_epoch_fixes_the_order(tmp_path):
 def test_skipping_batches_gives_the_tail_of_the_epoch_without_loading_the_rest(tmp_path):
     make_folder(tmp_path, train=(5, 5, 4))  # 14 images, batch 2: 7 batches
     _, _, loader_train, _, _ = build_loader(make_config(tmp_path, 'DATA.BATCH_SIZE', '2'))
-    dataset = loader_train.dataset
+    dataset = loader_train.dataset.dataset  # the ImageFolder under the per-sample seeding wrapper
     sampler = loader_train.sampler
     sampler.set_epoch(5)
     full = all_batches(loader_train)
@@ -411,3 +411,42 @@ def test_digits_interrupted_export_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_digits(str(tmp_path), 8)
     assert os.listdir(tmp_path) == []
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
+    import random
+
+    from data import set_train_epoch
+    make_folder(tmp_path, train=(5, 5, 4))
+    opts = ('DATA.BATCH_SIZE', '2', 'AUG.AUTO_AUGMENT', 'rand-m9-mstd0.5-inc1', 'AUG.REPROB', '0.5')
+    _, _, loader, _, _ = build_loader(make_config(tmp_path, *opts))
+    set_train_epoch(loader, 2)
+    torch.manual_seed(0)
+    reference = all_batches(loader)
+
+    # other states of the training process's RNGs, and two workers: the same augmented batches
+    _, _, loader_workers, _, _ = build_loader(make_config(tmp_path, *opts, 'DATA.NUM_WORKERS', '2'))
+    set_train_epoch(loader_workers, 2)
+    torch.manual_seed(123)
+    random.seed(5)
+    assert_same_batches(all_batches(loader_workers), reference)
+
+    # a mid-epoch start gives the tail of the same augmented epoch
+    set_train_epoch(loader, 2, start_batch=4)
+    assert_same_batches(all_batches(loader), reference[4:])
+
+    # loading leaves the training process's RNG stream untouched
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    all_batches(loader)
+    assert torch.equal(torch.rand(3), expected)
+
+    # the same sample is augmented differently in another epoch, and identically in the same one
+    dataset = loader.dataset
+    dataset.set_epoch(2)
+    a = dataset[0][0]
+    dataset.set_epoch(3)
+    assert not torch.equal(dataset[0][0], a)
+    dataset.set_epoch(2)
+    assert torch.equal(dataset[0][0], a)
