@@ -9,6 +9,7 @@
             logger.warning(f'{e}; trying an older checkpoint')
     check_state_dict(model, state['model'], path)          # --resume / --eval: same architecture?
     missing, unexpected = load_pretrained(config.PRETRAINED, model, logger)   # --pretrained
+    load_model_weights(path, model)          # evaluate a checkpoint: every weight must fit exactly
 
 Every failure is a CheckpointError naming the file and the reason. Checkpoints are read with
 `torch.load(weights_only=True)`; one that pickles Python objects (old releases hold a yacs config)
@@ -254,6 +255,23 @@ def _extract_state_dict(checkpoint, path):
                           f'or a bare state dict, found {keys}')
 
 
+def load_model_weights(path, model, trusted=False):
+    """Load a trained model's weights from `path` into `model`, for evaluation: all or nothing.
+
+    Accepts {'model': state_dict} or a bare state dict; keys starting with `encoder.` are stripped of
+    it (the other keys of such a file, a SimMIM decoder, are ignored). Unlike load_pretrained nothing
+    is resized or left initialised: check_state_dict raises CheckpointError listing missing keys,
+    unexpected keys and shape mismatches, and only then are the weights loaded (strict=False only
+    because relative_position_index buffers are rebuilt, not loaded). Returns the state dict loaded.
+    """
+    state_dict = _extract_state_dict(load_checkpoint_file(path, trusted), path)
+    if any(k.startswith('encoder.') for k in state_dict):
+        state_dict = {k[len('encoder.'):]: v for k, v in state_dict.items() if k.startswith('encoder.')}
+    check_state_dict(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=False)
+    return state_dict
+
+
 def load_pretrained(path, model, logger=None, trusted=False):
     """Initialise `model` from a SimMIM pre-training or a fine-tuned checkpoint (--pretrained).
 
@@ -317,6 +335,17 @@ def load_pretrained(path, model, logger=None, trusted=False):
     mismatched = _shape_mismatches(model_state, state_dict)
     if mismatched:
         raise CheckpointError(f"checkpoint '{path}' does not fit the model: {_listing('shape mismatches', mismatched)}")
+    # Only the classifier, its norm and position terms may stay initialised; a checkpoint missing
+    # any of the backbone (patch embedding, blocks) is for another architecture.
+    optional = ('head.', 'fc_norm.', 'norm.', 'pos_embed', 'rel_pos_bias.')
+    missing_backbone = sorted(k for k in model_state if k not in state_dict and not _is_rebuilt(k)
+                              and not k.startswith(optional))
+    if missing_backbone:
+        unexpected = sorted(set(state_dict) - set(model_state))
+        problems = [_listing(kind, items) for kind, items in
+                    (('missing keys', missing_backbone), ('unexpected keys', unexpected)) if items]
+        raise CheckpointError(f"checkpoint '{path}' is not a pretrained encoder of this model (another "
+                              f"architecture?): {'; '.join(problems)}")
 
     result = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not _is_rebuilt(k)]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
-                        load_pretrained, prune_checkpoints, save_checkpoint)
+                        load_model_weights, load_pretrained, prune_checkpoints, save_checkpoint)
 from config import ConfigError, get_config
 from data import DataError, build_loader, set_train_epoch
 from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
@@ -73,13 +73,25 @@ def seed_everything(seed):
 
 
 class StopRequest:
-    """SIGTERM / SIGINT set a flag; the training loop checks it after every step (all ranks agree)."""
+    """While active, SIGTERM / SIGINT only set a flag; the training loop checks it after every step,
+    and all ranks stop together if any of them got the signal.
+
+        with StopRequest() as stop:
+            main(config, stop)
+    """
 
     def __init__(self):
         self.requested = False
         self.signal_name = ''
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
+        self._previous = {}
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handler(self, signum, frame):
         self.requested = True
@@ -88,6 +100,10 @@ class StopRequest:
     def __call__(self):
         flag = torch.tensor([float(self.requested)])
         return bool(all_reduce_sum(flag).item() > 0)
+
+
+def stop_reason(stop):
+    return getattr(stop, 'signal_name', '') or 'stop request'
 
 
 def truncate_logs(output_dir, global_step, epoch):
@@ -112,22 +128,42 @@ def truncate_logs(output_dir, global_step, epoch):
         os.replace(tmp, path)
 
 
+def check_output_writable(path):
+    """Raise OSError unless `path` exists as a writable folder or could be created as one."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OSError(f"output folder '{path}' cannot be created: '{existing}' is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(f"output folder '{path}' cannot be written: no write permission on '{existing}'")
+
+
 def select_resume_checkpoint(config, logger):
-    """The checkpoint to resume from: the newest readable one in the output folder (auto-resume),
-    else --resume. Returns (path, state) or (None, None)."""
+    """The checkpoint to resume from: the newest readable one in the output folder (auto-resume,
+    so that re-running a preempted command continues it), else --resume. A --resume file that cannot
+    be read is an error either way. Returns (path, state) or (None, None)."""
     trusted = config.TRUST_CHECKPOINT
-    if config.TRAIN.AUTO_RESUME and os.path.isdir(config.OUTPUT):
+    resume = (config.MODEL.RESUME, load_checkpoint_file(config.MODEL.RESUME, trusted)) if config.MODEL.RESUME \
+        else (None, None)
+    if config.TRAIN.AUTO_RESUME:
         for path in find_checkpoints(config.OUTPUT):
             try:
-                return path, load_checkpoint_file(path, trusted=trusted)
+                state = load_checkpoint_file(path, trusted=trusted)
             except CheckpointError as e:
-                logger.warning(f'auto-resume: cannot read {path} ({e}); trying the previous checkpoint')
-    if config.MODEL.RESUME:
-        return config.MODEL.RESUME, load_checkpoint_file(config.MODEL.RESUME, trusted=trusted)
-    return None, None
+                logger.warning(f'auto-resume: {e}; trying the previous checkpoint')
+                continue
+            if resume[0]:
+                logger.info(f'auto-resume: {path} is newer than --resume {resume[0]}; continuing from it')
+            return path, state
+    return resume
 
 
-def main(config):
+def main(config, stop=None):
+    """Train (or with --eval / --throughput, evaluate) as configured; returns the exit status.
+
+    `stop` (a StopRequest) lets SIGTERM / SIGINT end the run with a resumable checkpoint.
+    """
     rank, world_size, local_rank, device = init_distributed_mode()
     seed_everything(config.SEED + rank)
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device)
@@ -151,23 +187,30 @@ def main(config):
     patch_scheduler = build_patch_scheduler(config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    if config.EVAL_MODE or config.THROUGHPUT_MODE:
-        checkpoint_path, state = None, None
-        if config.MODEL.RESUME:
-            checkpoint_path = config.MODEL.RESUME
-            state = load_checkpoint_file(checkpoint_path, trusted=config.TRUST_CHECKPOINT)
+    checkpoint_path, state = None, None
+    if not write_files:
+        if config.MODEL.RESUME:  # a trained model to evaluate: all weights must fit
+            load_model_weights(config.MODEL.RESUME, model, trusted=config.TRUST_CHECKPOINT)
+            logger.info(f'loaded {config.MODEL.RESUME}')
+        elif config.PRETRAINED:
+            load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
+        elif config.EVAL_MODE:
+            raise CheckpointError('--eval needs the checkpoint to evaluate: pass --resume <checkpoint>')
     else:
+        check_output_writable(config.OUTPUT)
+        if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights)
+            load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
         checkpoint_path, state = select_resume_checkpoint(config, logger)
-    if state is not None:
-        check_state_dict(model, state['model'], checkpoint_path)
-    elif config.PRETRAINED:
-        load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
 
     start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
     if state is not None:
+        if not isinstance(state, dict) or 'model' not in state:
+            raise CheckpointError(f"checkpoint '{checkpoint_path}' holds no 'model' state dict: "
+                                  'not a training checkpoint')
+        check_state_dict(model, state['model'], checkpoint_path)
         model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {checkpoint_path}')
-        if write_files and 'optimizer' in state:
+        if 'optimizer' in state:
             optimizer.load_state_dict(state['optimizer'])
             lr_scheduler.load_state_dict(state['lr_scheduler'])
             if 'scaler' in state:
@@ -240,7 +283,7 @@ def main(config):
             save_checkpoint(state, os.path.join(config.OUTPUT, 'checkpoint.pth'))
         barrier()
 
-    stop = StopRequest()
+    stop = stop or (lambda: False)
     every = config.TRAIN.CHECKPOINT_EVERY_STEPS
 
     def on_step_end(step):
@@ -258,7 +301,7 @@ def main(config):
         start_step = 0
         if done < steps_per_epoch:  # stopped by a signal
             write_checkpoint(epoch, done)
-            logger.warning(f'{stop.signal_name or "stop"} received: checkpoint written at epoch {epoch}, '
+            logger.warning(f'{stop_reason(stop)} received: checkpoint written at epoch {epoch}, '
                            f'step {done}. Run the same command again to resume.')
             return EXIT_PREEMPTED
 
@@ -278,7 +321,7 @@ def main(config):
         last = epoch == config.TRAIN.EPOCHS - 1
         write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
         if stop():
-            logger.warning(f'{stop.signal_name or "stop"} received: checkpoint written after epoch {epoch}. '
+            logger.warning(f'{stop_reason(stop)} received: checkpoint written after epoch {epoch}. '
                            'Run the same command again to resume.')
             return EXIT_PREEMPTED
 
@@ -290,8 +333,9 @@ def run(argv=None):
     args = get_parser().parse_args(argv)
     try:
         config = get_config(args)
-        return main(config)
-    except (ConfigError, DataError, CheckpointError) as e:
+        with StopRequest() as stop:
+            return main(config, stop)
+    except (ConfigError, DataError, CheckpointError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:
