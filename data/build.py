@@ -30,21 +30,22 @@ def _mixup_enabled(config):
     return aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None
 
 
-def _check_settings(config):
-    """Data settings that can be checked without touching the disk."""
+def _check_settings(config, training=True):
+    """Data settings that can be checked without touching the disk (Mixup's only when training)."""
     if config.DATA.DATASET not in DATASETS:
         raise DataError(f"DATA.DATASET '{config.DATA.DATASET}' is not known; valid values: {', '.join(DATASETS)}")
     if config.DATA.INTERPOLATION not in INTERPOLATIONS:
         raise DataError(f"DATA.INTERPOLATION '{config.DATA.INTERPOLATION}' is not known; "
                         f"valid values: {', '.join(INTERPOLATIONS)}")
-    if _mixup_enabled(config) and config.DATA.BATCH_SIZE % 2:
+    if training and _mixup_enabled(config) and config.DATA.BATCH_SIZE % 2:
         raise DataError(f'DATA.BATCH_SIZE {config.DATA.BATCH_SIZE} is odd, but Mixup/CutMix (AUG.MIXUP, '
                         f'AUG.CUTMIX, AUG.CUTMIX_MINMAX) mixes pairs of samples and needs an even batch size')
 
 
-def dataset_root(config):
-    """The folder holding train/ and val/: DATA.DATA_PATH, or the exported digits under it."""
-    _check_settings(config)
+def dataset_root(config, training=True):
+    """The folder holding train/ and val/: DATA.DATA_PATH, or the exported digits under it.
+    `training` False: for evaluation only, so a Mixup setting does not restrict the batch size."""
+    _check_settings(config, training)
     data_path = config.DATA.DATA_PATH
     if config.DATA.DATASET == 'digits':
         return export_digits(data_path or os.path.expanduser(DEFAULT_CACHE_ROOT), config.DATA.IMG_SIZE)
@@ -122,7 +123,7 @@ def _split_dataset(root, is_train, config):
 
 def build_dataset(is_train, config):
     """The train or val ImageFolder (with .classes, .class_to_idx, .samples), every image verified."""
-    return _split_dataset(dataset_root(config), is_train, config)
+    return _split_dataset(dataset_root(config, training=is_train), is_train, config)
 
 
 def build_mixup(config, num_classes):
@@ -170,7 +171,7 @@ def _val_loader(dataset_val, config):
 def build_val_loader(config):
     """(dataset_val, data_loader_val) alone, for scripts that only evaluate: the training split is
     neither read nor verified. The same loader as build_loader's (see data/__init__.py)."""
-    dataset_val = _split_dataset(dataset_root(config), False, config)
+    dataset_val = _split_dataset(dataset_root(config, training=False), False, config)
     return dataset_val, _val_loader(dataset_val, config)
 
 
