@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import trunc_normal_
 
 from .patch_selection import (PATCH_SCORE_FUNCS, gather_relative_position_index, gather_tokens,
                               num_kept_tokens, select_tokens)
@@ -38,9 +38,28 @@ def build_relative_position_index(grid_size):
     return index
 
 
-def relative_position_bias(table, index):
-    """table: [R, heads], index: [B', K, K] (B' = 1 or B) -> bias [B', heads, K, K]."""
-    return table[index].permute(0, 3, 1, 2)
+def relative_position_bias(table, index, dtype=None):
+    """table: [R, heads], index: [B', K, K'] (B' = 1 or B, K' >= K) -> bias [heads, B', K, K].
+
+    Heads come first so that one index_select on the transposed table yields the bias contiguous,
+    with no permute; the attention runs in the same [heads, B, K, ...] layout. Columns past K are
+    padding (see `padded_relative_position_index`): the result is a view of the first K. The
+    gradient of index_select is one index_add into the small [heads, R] table.
+    """
+    table = table.t().to(dtype).contiguous()  # [heads, R]: tiny, so the cast and copy are free
+    bias = table.index_select(1, index.flatten()).view(table.shape[0], *index.shape)
+    return bias[..., :index.shape[1]]
+
+
+def padded_relative_position_index(index, multiple=16):
+    """index: [B', K, K] -> [B', K, K'] with K' the next multiple of `multiple` (padding points at row 0).
+
+    The memory-efficient CUDA attention kernel wants the mask's row stride aligned; given a
+    [.., K, K] mask with K = 197, 158, ... it would copy it into a padded buffer in every block. A
+    bias gathered through this index already has aligned rows, so it is passed as a view.
+    """
+    pad = -index.shape[-1] % multiple
+    return F.pad(index, (0, pad)) if pad else index
 
 
 class PatchEmbed(nn.Module):
@@ -65,12 +84,17 @@ class RelativePositionBias(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
         self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
 
-    def forward(self, index):
-        return relative_position_bias(self.relative_position_bias_table, index)
+    def forward(self, index, dtype=None):
+        return relative_position_bias(self.relative_position_bias_table, index, dtype)
 
 
 class Attention(nn.Module):
-    fused_attn = True  # F.scaled_dot_product_attention; False runs the explicit softmax math
+    # True: F.scaled_dot_product_attention with the bias as a float mask. False: the explicit
+    # softmax math. None (default): sdpa on accelerators, where the memory-efficient kernel takes
+    # the bias and returns its gradient; the explicit math on CPU, where sdpa falls back to a
+    # slower math path of its own whenever the mask needs a gradient (so always in training) and
+    # its flash kernel was slower than the explicit math even in eval (benchmarks/RESULTS.md).
+    fused_attn = None
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, grid_size=None):
         super().__init__()
@@ -94,31 +118,32 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, rel_index=None, shared_bias=None):
-        """x: [B, K, C]; rel_index: [B' , K, K] relative-position index of the kept tokens;
-        shared_bias: [B', heads, K, K] or None."""
+        """x: [B, K, C]; rel_index: [B', K, K'] relative-position index of the kept tokens (B' = 1
+        or B, K' >= K, see `padded_relative_position_index`); shared_bias: [heads, B', K, K] or None."""
         B, K, C = x.shape
         qkv_bias = None
         if self.q_bias is not None:
             qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, qkv_bias)
-        q, k, v = qkv.reshape(B, K, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        # [3, heads, B, K, C/heads]: heads before batch, the layout of the gathered bias
+        q, k, v = qkv.view(B, K, 3, self.num_heads, C // self.num_heads).permute(2, 3, 0, 1, 4)
 
-        bias = shared_bias
+        bias = None if shared_bias is None else shared_bias.to(q.dtype)
         if self.relative_position_bias_table is not None:
-            own = relative_position_bias(self.relative_position_bias_table, rel_index)
+            own = relative_position_bias(self.relative_position_bias_table, rel_index, q.dtype)
             bias = own if bias is None else bias + own
 
-        if self.fused_attn:
+        fused = self.fused_attn if self.fused_attn is not None else x.device.type != 'cpu'
+        if fused:
             x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
-                dropout_p=self.attn_drop.p if self.training else 0.0)
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, heads, K, K]
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # [heads, B, K, K]
             if bias is not None:
-                attn = attn + bias
+                attn += bias  # in place: the matmul's output is not needed by its backward
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
-        x = x.transpose(1, 2).reshape(B, K, C)
+        x = x.permute(1, 2, 0, 3).reshape(B, K, C)
         return self.proj_drop(self.proj(x))
 
 
@@ -140,7 +165,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, grid_size)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.drop_path_rate = drop_path  # stochastic depth: the probability of dropping a branch
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         if init_values:
@@ -149,11 +174,23 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
+    def _add_branch(self, x, y, gamma):
+        """x + drop_path(gamma * y), x, y: [B, K, C], as one multiply-add over [B, K, C].
+
+        Layer scale and the per-sample keep mask (scaled by 1 / keep probability, as timm's
+        DropPath, drawing the same random numbers) are folded into a [B, 1, C] factor first,
+        instead of three more passes over the tokens in forward and backward.
+        """
+        scale = gamma
+        if self.training and self.drop_path_rate > 0.0:
+            keep_prob = 1.0 - self.drop_path_rate
+            keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(keep_prob).div_(keep_prob)
+            scale = keep if scale is None else keep * scale
+        return x + y if scale is None else torch.addcmul(x, y, scale)
+
     def forward(self, x, rel_index=None, shared_bias=None):
-        y = self.attn(self.norm1(x), rel_index, shared_bias)
-        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+        x = self._add_branch(x, self.attn(self.norm1(x), rel_index, shared_bias), self.gamma_1)
+        return self._add_branch(x, self.mlp(self.norm2(x)), self.gamma_2)
 
 
 class VisionTransformer(nn.Module):
@@ -266,6 +303,7 @@ class VisionTransformer(nn.Module):
         rel_index = self.relative_position_index.unsqueeze(0)  # [1, N, N]
         if idx is not None:
             rel_index = gather_relative_position_index(self.relative_position_index, idx)  # [B, K, K]
+        rel_index = padded_relative_position_index(rel_index)  # [B', K, K'], once for all blocks
         shared_bias = self.rel_pos_bias(rel_index) if self.rel_pos_bias is not None else None
         for block in self.blocks:
             if self.use_checkpoint and self.training:

@@ -1,0 +1,63 @@
+import argparse
+
+import pytest
+
+from config import get_config
+from models import build_model
+from models.flops import flop_ratio, forward_flops, train_step_flops
+from tests.helpers import tiny_model
+
+
+@pytest.fixture(scope='module')
+def vit_b():
+    return build_model(get_config(argparse.Namespace(cfg='configs/vit-b/magnitude_cyclic_80_0.yaml', opts=None)))
+
+
+def hand_count(k):
+    """ViT-B forward FLOPs per image with k kept tokens, written out: D = 768, 12 heads of 64,
+    MLP 3072, 196 patches of 16 x 16 x 3 = 768 inputs, 12 blocks, 1000 classes; 2 FLOPs a MAC."""
+    patch_embed = 2 * 196 * 768 * 768
+    qkv = 2 * k * 768 * 2304
+    scores = 12 * 2 * k * k * 64  # per head: [k, 64] x [64, k]
+    weighted_sum = 12 * 2 * k * k * 64  # per head: [k, k] x [k, 64]
+    proj = 2 * k * 768 * 768
+    mlp = 2 * k * 768 * 3072 + 2 * k * 3072 * 768
+    head = 2 * 768 * 1000
+    return patch_embed + 12 * (qkv + scores + weighted_sum + proj + mlp) + head
+
+
+@pytest.mark.parametrize('drop, kept', [(0.0, 197), (0.2, 158), (0.4, 118), (0.6, 79), (0.8, 39)])
+def test_vit_b_matches_hand_count(vit_b, drop, kept):
+    assert vit_b.num_kept_tokens(drop) == kept
+    flops = forward_flops(vit_b, drop)
+    assert flops['total'] == pytest.approx(hand_count(kept), rel=0.01)
+    assert flops['total'] == sum(v for name, v in flops.items() if name != 'total')
+    assert train_step_flops(vit_b, drop, batch_size=8) == 3 * 8 * flops['total']
+
+
+def test_vit_b_full_step_is_about_845_gflop(vit_b):
+    # The issue's estimate for a ViT-B training step at batch 8; the count gives 843 GFLOP.
+    assert train_step_flops(vit_b, 0.0, batch_size=8) / 1e9 == pytest.approx(845, rel=0.01)
+    assert forward_flops(vit_b)['total'] / 1e9 == pytest.approx(35.13, abs=0.01)
+
+
+def test_flop_ratio_tracks_kept_tokens(vit_b):
+    # Linear layers dominate, so the ratio is close to K / N; the fixed patch embedding and the
+    # K^2 attention terms pull it slightly above and below.
+    ratios = [flop_ratio(vit_b, d) for d in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    assert ratios[0] == 1.0
+    assert ratios == sorted(ratios, reverse=True)
+    assert ratios[-1] == pytest.approx(0.197, abs=0.001)
+    for r, kept in zip(ratios, (197, 158, 118, 79, 39)):
+        assert r == pytest.approx(kept / 197, abs=0.01)
+
+
+def test_counts_follow_the_model_shape():
+    model = tiny_model()  # 32 px, patch 8: 16 patches, D 32, MLP 128, 2 blocks, 5 classes
+    k = 17
+    expected = 2 * 16 * 3 * 64 * 32 + 2 * (2 * k * 32 * 96 + 2 * 2 * k * k * 32 + 2 * k * 32 * 32
+                                          + 2 * 2 * k * 32 * 128) + 2 * 32 * 5
+    assert forward_flops(model)['total'] == expected
+    model.set_patch_drop_ratio(0.5)  # the argument, not the model's current ratio, decides
+    assert forward_flops(model, 0.0)['total'] == expected
+    assert forward_flops(model, 0.5)['qkv'] == 2 * 2 * 8 * 32 * 96  # round(0.5 * 17) = 8 tokens
