@@ -1,5 +1,4 @@
 """Logging to the console (rank 0 only, coloured) and to <output>/log_rank<rank>.txt."""
-import functools
 import logging
 import os
 import sys
@@ -7,7 +6,6 @@ import sys
 from termcolor import colored
 
 
-@functools.lru_cache()
 def create_logger(output_dir, dist_rank=0, name=''):
     """A logger that writes every rank's messages to its own file and rank 0's to stdout too.
 
@@ -16,7 +14,9 @@ def create_logger(output_dir, dist_rank=0, name=''):
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    logger.handlers.clear()
+    for handler in list(logger.handlers):  # a fresh set each call (one process may run several jobs)
+        logger.removeHandler(handler)
+        handler.close()
 
     fmt = '[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s'
     color_fmt = (colored('[%(asctime)s %(name)s]', 'green')

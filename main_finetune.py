@@ -24,11 +24,12 @@ import time
 
 import numpy as np
 import torch
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
                         load_model_weights, load_pretrained, prune_checkpoints, save_checkpoint)
 from config import ConfigError, get_config
-from data import DataError, build_loader, set_train_epoch
+from data import DataError, build_loader, build_val_loader, set_train_epoch
 from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
 from logger import create_logger
 from lr_scheduler import build_scheduler
@@ -139,13 +140,23 @@ def check_output_writable(path):
         raise OSError(f"output folder '{path}' cannot be written: no write permission on '{existing}'")
 
 
-def select_resume_checkpoint(config, logger):
+def training_state(path, state, model):
+    """Check that `state` (read from `path`) is a training checkpoint for `model`."""
+    if not isinstance(state, dict) or 'model' not in state:
+        raise CheckpointError(f"checkpoint '{path}' holds no 'model' state dict: not a training checkpoint")
+    check_state_dict(model, state['model'], path)
+    return state
+
+
+def select_resume_checkpoint(config, model, logger):
     """The checkpoint to resume from: the newest readable one in the output folder (auto-resume,
     so that re-running a preempted command continues it), else --resume. A --resume file that cannot
-    be read is an error either way. Returns (path, state) or (None, None)."""
+    be read or does not fit the model is an error either way. Returns (path, state) or (None, None)."""
     trusted = config.TRUST_CHECKPOINT
-    resume = (config.MODEL.RESUME, load_checkpoint_file(config.MODEL.RESUME, trusted)) if config.MODEL.RESUME \
-        else (None, None)
+    resume = (None, None)
+    if config.MODEL.RESUME:
+        path = config.MODEL.RESUME
+        resume = (path, training_state(path, load_checkpoint_file(path, trusted), model))
     if config.TRAIN.AUTO_RESUME:
         for path in find_checkpoints(config.OUTPUT):
             try:
@@ -155,8 +166,33 @@ def select_resume_checkpoint(config, logger):
                 continue
             if resume[0]:
                 logger.info(f'auto-resume: {path} is newer than --resume {resume[0]}; continuing from it')
-            return path, state
+            return path, training_state(path, state, model)
     return resume
+
+
+def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_size, local_rank):
+    """--eval: validate the --resume checkpoint at rho = 1 and print the original's lines;
+    --throughput: model-only images/s. Nothing is written."""
+    if config.MODEL.RESUME:  # a trained model: all its weights must fit
+        load_model_weights(config.MODEL.RESUME, model, trusted=config.TRUST_CHECKPOINT)
+        logger.info(f'loaded {config.MODEL.RESUME}')
+    elif config.PRETRAINED:
+        load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
+    elif config.EVAL_MODE:
+        raise CheckpointError('--eval needs the checkpoint to evaluate: pass --resume <checkpoint>')
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == 'cuda' else None)
+    if config.THROUGHPUT_MODE:
+        images_per_s = throughput(model, loader_val, device, amp_dtype)
+        logger.info(f'batch_size {config.DATA.BATCH_SIZE} throughput {images_per_s:.1f} images/s')
+        return 0
+    unwrap_model(model).set_patch_drop_ratio(0.0)
+    stats = evaluate(model, loader_val, device, amp_dtype, logger, config.PRINT_FREQ)
+    logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
+    logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
+    logger.info(f'Loss of the network on the {stats["num_images"]} test images: {stats["loss"]:.8f}')
+    return 0
 
 
 def main(config, stop=None):
@@ -167,10 +203,15 @@ def main(config, stop=None):
     rank, world_size, local_rank, device = init_distributed_mode()
     seed_everything(config.SEED + rank)
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device)
-    write_files = not (config.EVAL_MODE or config.THROUGHPUT_MODE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.
     logger = create_logger(None, rank, name=config.MODEL.NAME)
 
+    if config.EVAL_MODE or config.THROUGHPUT_MODE:
+        dataset_val, loader_val = build_val_loader(config)  # the training set is not needed
+        model = build_model(config, num_classes=len(dataset_val.classes)).to(device)
+        return evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_size, local_rank)
+
+    check_output_writable(config.OUTPUT)
     dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
     num_classes = len(dataset_val.classes)
     model = build_model(config, num_classes=num_classes).to(device)
@@ -187,30 +228,14 @@ def main(config, stop=None):
     patch_scheduler = build_patch_scheduler(config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    checkpoint_path, state = None, None
-    if not write_files:
-        if config.MODEL.RESUME:  # a trained model to evaluate: all weights must fit
-            load_model_weights(config.MODEL.RESUME, model, trusted=config.TRUST_CHECKPOINT)
-            logger.info(f'loaded {config.MODEL.RESUME}')
-        elif config.PRETRAINED:
-            load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
-        elif config.EVAL_MODE:
-            raise CheckpointError('--eval needs the checkpoint to evaluate: pass --resume <checkpoint>')
-    else:
-        check_output_writable(config.OUTPUT)
-        if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights)
-            load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
-        checkpoint_path, state = select_resume_checkpoint(config, logger)
-
+    if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights)
+        load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
+    checkpoint_path, state = select_resume_checkpoint(config, model, logger)
     start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
     if state is not None:
-        if not isinstance(state, dict) or 'model' not in state:
-            raise CheckpointError(f"checkpoint '{checkpoint_path}' holds no 'model' state dict: "
-                                  'not a training checkpoint')
-        check_state_dict(model, state['model'], checkpoint_path)
         model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {checkpoint_path}')
-        if 'optimizer' in state:
+        if 'optimizer' in state:  # a training checkpoint: continue exactly where it stopped
             optimizer.load_state_dict(state['optimizer'])
             lr_scheduler.load_state_dict(state['lr_scheduler'])
             if 'scaler' in state:
@@ -232,18 +257,6 @@ def main(config, stop=None):
             model, device_ids=[local_rank] if device.type == 'cuda' else None)
     bare = unwrap_model(model)
 
-    if config.THROUGHPUT_MODE:
-        images_per_s = throughput(model, loader_val, device, amp_dtype)
-        logger.info(f'batch_size {config.DATA.BATCH_SIZE} throughput {images_per_s:.1f} images/s')
-        return 0
-    if config.EVAL_MODE:
-        bare.set_patch_drop_ratio(0.0)
-        stats = evaluate(model, loader_val, device, amp_dtype, logger, config.PRINT_FREQ)
-        logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
-        logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
-        logger.info(f'Loss of the network on the {stats["num_images"]} test images: {stats["loss"]:.8f}')
-        return 0
-
     # ---- from here on the output folder is written ---------------------------------------------
     if rank == 0:
         os.makedirs(config.OUTPUT, exist_ok=True)
@@ -258,11 +271,9 @@ def main(config, stop=None):
     train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
     val_log = open(os.path.join(config.OUTPUT, 'val_log.json'), 'a') if rank == 0 else None
 
-    if mixup_fn is not None:
-        from timm.loss import SoftTargetCrossEntropy
+    if mixup_fn is not None:  # soft targets, label smoothing included
         criterion = SoftTargetCrossEntropy()
     elif config.MODEL.LABEL_SMOOTHING > 0:
-        from timm.loss import LabelSmoothingCrossEntropy
         criterion = LabelSmoothingCrossEntropy(smoothing=config.MODEL.LABEL_SMOOTHING)
     else:
         criterion = torch.nn.CrossEntropyLoss()
