@@ -6,10 +6,14 @@
 # Runs, in this order, each under its own time limit so that one slow part cannot eat the rest:
 #   1. the training step: our model at rho 1.0 ... 0.2, timm's BEiT-B, the bf16 matmul peak
 #   2. the same in inference (model only, eval, no autograd)
-#   3. sdpa with the aligned bias view against a contiguous bias (benchmarks/sdpa_mask_alignment.py)
+#   3. the bias lookup and the sdpa mask layout alone (benchmarks/attention_bias.py)
 #   4. the data pipeline on synthetic JPEGs (images/s per loader worker)
 #   5. the training step again with torch.compile (compile time and graph counts per rho)
 # Every part writes <name>.json and <name>.md to $OUT; the log of all of them is $OUT/gpu_bench.log.
+# PARTS="train inference" (names as above: train inference attention_bias data train_compile)
+# runs only those; PARTS=train_cudagraphs (not in the default set, about 4 more minutes) times the
+# step with torch.compile(mode='reduce-overhead'), whose CUDA graphs remove the kernel-launch cost
+# that bounds eager steps at small rho.
 # Needs python3 with a CUDA build of torch (and torchvision); installs timm 1.0.22, yacs and
 # termcolor with pip, or from wheels in $WHEELS (default .whl) when pip cannot reach an index.
 set -u -o pipefail
@@ -44,9 +48,11 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1 | tee -a "$LOG"
 
 # --- benchmarks -----------------------------------------------------------------------------------
+PARTS=${PARTS:-train inference attention_bias data train_compile}
 run() {  # run <name> <seconds> <command...>
   local name=$1 limit=$2
   shift 2
+  [[ " $PARTS " == *" $name "* ]] || return 0
   log ""
   log "== $name (limit ${limit}s): $*"
   local start=$SECONDS
@@ -61,9 +67,10 @@ run() {  # run <name> <seconds> <command...>
 BENCH=("$PY" benchmarks/train_step.py --cfg "$CFG" --device cuda --amp --batch-size 128 --out "$OUT")
 run train 150 "${BENCH[@]}" --mode train --warmup 3 --repeats 10
 run inference 90 "${BENCH[@]}" --mode inference --warmup 3 --repeats 10
-run sdpa_mask_alignment 60 "$PY" benchmarks/sdpa_mask_alignment.py --batch-size 128 --out "$OUT"
+run attention_bias 60 "$PY" benchmarks/attention_bias.py --batch-size 128 --out "$OUT"
 run data 90 "${BENCH[@]}" --mode data --data-batches 5 --workers 1 4 8
 run train_compile 300 "${BENCH[@]}" --mode train --warmup 3 --repeats 10 --compile
+run train_cudagraphs 300 "${BENCH[@]}" --mode train --warmup 3 --repeats 10 --compile --compile-mode reduce-overhead
 
 log ""
 if [ ${#failed[@]} -gt 0 ]; then

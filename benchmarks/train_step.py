@@ -20,7 +20,7 @@ patch schedule (--predict, default the YAML files beside --cfg) next to the base
 temporary folder, images/s for each --workers count and per worker; with a train JSON for the
 same device in --out, it also says how many workers each rho's step would need.
 
-Writes <out>/<mode>_<device>[_amp][_compile].json and .md (--out, default benchmarks/results/)
+Writes <out>/<mode>_<device>[_amp][_compile[_<mode>]].json and .md (--out, default benchmarks/results/)
 and prints the markdown.
 """
 import argparse
@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (and a bf16 matmul peak)')
     p.add_argument('--compile', action='store_true', help='torch.compile(dynamic=False) both models')
+    p.add_argument('--compile-mode', default='default', choices=('default', 'reduce-overhead', 'max-autotune'),
+                   help="torch.compile mode; 'reduce-overhead' adds CUDA graphs (launch-bound small rho)")
     p.add_argument('--mode', choices=('train', 'inference', 'data'), default='train')
     p.add_argument('--repeats', type=int, default=5, help='timed rounds (median reported)')
     p.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
@@ -272,7 +274,9 @@ def build_cases(args, config, device, train):
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext())
 
     def compiled(model):
-        return torch.compile(model, dynamic=False) if args.compile else model
+        if not args.compile:
+            return model
+        return torch.compile(model, dynamic=False, mode=None if args.compile_mode == 'default' else args.compile_mode)
 
     def step_fn(model, optimizer, before=None):
         def train_step():
@@ -477,7 +481,8 @@ def _fmt(value, spec):
 
 def markdown(args, meta, result):
     lines = [f"## {args.mode}: {meta['device_name']}, batch {args.batch_size}, "
-             f"{'bf16 autocast' if args.amp else 'fp32'}{', torch.compile' if args.compile else ''}", '',
+             f"{'bf16 autocast' if args.amp else 'fp32'}"
+             f"{f', torch.compile ({args.compile_mode})' if args.compile else ''}", '',
              f"`{meta['command']}`", '',
              f"{meta['date']}; torch {meta['torch']}, timm {meta['timm']}; load average "
              f"{result.get('load_average_before')} before, {result.get('load_average_after')} after.", '']
@@ -552,7 +557,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.mode}_{device.type}{'_amp' if args.amp else ''}{'_compile' if args.compile else ''}"
+    compiled = f"_compile{'' if args.compile_mode == 'default' else '_' + args.compile_mode}" if args.compile else ''
+    name = f"{args.mode}_{device.type}{'_amp' if args.amp else ''}{compiled}"
     (out / f'{name}.json').write_text(json.dumps({'meta': meta, **result}, indent=1) + '\n')
     text = markdown(args, meta, result)
     (out / f'{name}.md').write_text(text)

@@ -59,6 +59,7 @@ def gather_relative_position_index(relative_position_index, idx):
 
     relative_position_index: [N, N]; idx: [B, K] -> [B, K, K], where entry (b, i, j) is
     relative_position_index[idx[b, i], idx[b, j]]: kept tokens keep their true relative offsets.
-    Computed once per forward and looked up in every block, instead of B copies of the full bias.
+    (The model looks the bias up in two steps instead, see vision_transformer.kept_pair_index,
+    which gives the same entries.)
     """
     return relative_position_index[idx.unsqueeze(2), idx.unsqueeze(1)]

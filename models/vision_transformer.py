@@ -13,8 +13,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 
-from .patch_selection import (PATCH_SCORE_FUNCS, gather_relative_position_index, gather_tokens,
-                              num_kept_tokens, select_tokens)
+from .patch_selection import PATCH_SCORE_FUNCS, gather_tokens, num_kept_tokens, select_tokens
 
 
 def build_relative_position_index(grid_size):
@@ -38,28 +37,41 @@ def build_relative_position_index(grid_size):
     return index
 
 
-def relative_position_bias(table, index, dtype=None):
-    """table: [R, heads], index: [B', K, K'] (B' = 1 or B, K' >= K) -> bias [heads, B', K, K].
+def relative_position_bias(table, relative_position_index, kept_pairs):
+    """The bias of the kept token pairs, heads first, rows still padded.
 
-    Heads come first so that one index_select on the transposed table yields the bias contiguous,
-    with no permute; the attention runs in the same [heads, B, K, ...] layout. Columns past K are
-    padding (see `padded_relative_position_index`): the result is a view of the first K. The
-    gradient of index_select is one index_add into the small [heads, R] table.
+    table: [R, heads]; relative_position_index: [N, N]; kept_pairs: [B', K, K'] (B' = 1 or B,
+    K' >= K, see `kept_pair_index`) positions i * N + j of the kept pairs in the N x N grid
+    -> bias [heads, B', K, K'], in the table's dtype; the attention uses [..., :K].
+
+    Two lookups: the table to the full [heads, N x N] grid, then the grid to the kept pairs. The
+    backward of each is a scatter-add; straight from the pairs into the table, B x K^2 additions
+    would pile onto a few hundred rows (CUDA atomics on one address serialise: a rho = 0.8 step
+    took longer than rho = 1 on an H200), while into the grid each entry gets at most 2B, and the
+    grid's N^2 into the table are what a rho = 1 step costs anyway. The lookups stay in the
+    table's dtype (fp32) so that those sums are not rounded to bf16 under autocast. Heads come
+    first so that each index_select yields the bias contiguous, in the attention's layout.
     """
-    table = table.t().to(dtype).contiguous()  # [heads, R]: tiny, so the cast and copy are free
-    bias = table.index_select(1, index.flatten()).view(table.shape[0], *index.shape)
-    return bias[..., :index.shape[1]]
+    table = table.t().contiguous()  # [heads, R]: tiny
+    grid = table.index_select(1, relative_position_index.flatten())  # [heads, N * N]
+    return grid.index_select(1, kept_pairs.flatten()).view(table.shape[0], *kept_pairs.shape)
 
 
-def padded_relative_position_index(index, multiple=16):
-    """index: [B', K, K] -> [B', K, K'] with K' the next multiple of `multiple` (padding points at row 0).
+def kept_pair_index(idx, num_tokens, multiple=16):
+    """Positions i * N + j in the N x N grid of every kept pair, rows padded to a multiple of 16.
 
-    The memory-efficient CUDA attention kernel wants the mask's row stride aligned; given a
-    [.., K, K] mask with K = 197, 158, ... it would copy it into a padded buffer in every block. A
-    bias gathered through this index already has aligned rows, so it is passed as a view.
+    idx: [B', K] kept token indices (B' = 1 with all N tokens) -> [B', K, K']. The
+    memory-efficient CUDA attention kernel wants the mask's rows aligned; given a [.., K, K] mask
+    with K = 197, 158, ... it would copy it into a padded buffer in every block. Padding the index
+    instead makes the gathered bias a view with aligned rows. Padding repeats the row's first
+    entries, so that the (zero) gradients of the padding do not all land on one grid entry.
     """
-    pad = -index.shape[-1] % multiple
-    return F.pad(index, (0, pad)) if pad else index
+    pairs = idx.unsqueeze(2) * num_tokens + idx.unsqueeze(1)  # [B', K, K]
+    k = pairs.shape[-1]
+    pad = -k % multiple
+    if pad:
+        pairs = torch.cat([pairs, pairs[..., torch.arange(pad, device=pairs.device) % k]], dim=-1)
+    return pairs
 
 
 class PatchEmbed(nn.Module):
@@ -84,8 +96,8 @@ class RelativePositionBias(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
         self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
 
-    def forward(self, index, dtype=None):
-        return relative_position_bias(self.relative_position_bias_table, index, dtype)
+    def forward(self, kept_pairs):
+        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index, kept_pairs)
 
 
 class Attention(nn.Module):
@@ -109,7 +121,6 @@ class Attention(nn.Module):
         if grid_size is not None:
             num_relative_distance = (2 * grid_size[0] - 1) * (2 * grid_size[1] - 1) + 3
             self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
-            # Kept for checkpoint compatibility; the model passes the (gathered) index in forward.
             self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
         else:
             self.relative_position_bias_table = None
@@ -117,9 +128,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x, rel_index=None, shared_bias=None):
-        """x: [B, K, C]; rel_index: [B', K, K'] relative-position index of the kept tokens (B' = 1
-        or B, K' >= K, see `padded_relative_position_index`); shared_bias: [heads, B', K, K] or None."""
+    def forward(self, x, kept_pairs=None, shared_bias=None):
+        """x: [B, K, C]; kept_pairs: [B', K, K'] grid positions of the kept pairs (B' = 1 or B,
+        see `kept_pair_index`); shared_bias: [heads, B', K, K'] or None."""
         B, K, C = x.shape
         qkv_bias = None
         if self.q_bias is not None:
@@ -128,10 +139,14 @@ class Attention(nn.Module):
         # [3, heads, B, K, C/heads]: heads before batch, the layout of the gathered bias
         q, k, v = qkv.view(B, K, 3, self.num_heads, C // self.num_heads).permute(2, 3, 0, 1, 4)
 
-        bias = None if shared_bias is None else shared_bias.to(q.dtype)
+        bias = shared_bias
         if self.relative_position_bias_table is not None:
-            own = relative_position_bias(self.relative_position_bias_table, rel_index, q.dtype)
+            own = relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                         kept_pairs)
             bias = own if bias is None else bias + own
+        if bias is not None:
+            # Cast the padded rows, then view the first K columns: the mask keeps aligned rows.
+            bias = bias.to(q.dtype)[..., :K]  # [heads, B', K, K]
 
         fused = self.fused_attn if self.fused_attn is not None else x.device.type != 'cpu'
         if fused:
@@ -188,8 +203,8 @@ class Block(nn.Module):
             scale = keep if scale is None else keep * scale
         return x + y if scale is None else torch.addcmul(x, y, scale)
 
-    def forward(self, x, rel_index=None, shared_bias=None):
-        x = self._add_branch(x, self.attn(self.norm1(x), rel_index, shared_bias), self.gamma_1)
+    def forward(self, x, kept_pairs=None, shared_bias=None):
+        x = self._add_branch(x, self.attn(self.norm1(x), kept_pairs, shared_bias), self.gamma_1)
         return self._add_branch(x, self.mlp(self.norm2(x)), self.gamma_2)
 
 
@@ -217,9 +232,6 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim)) if use_abs_pos_emb else None
         self.pos_drop = nn.Dropout(drop_rate)
         self.rel_pos_bias = RelativePositionBias(grid_size, num_heads) if use_shared_rel_pos_bias else None
-        # One index for the whole network; gathered once per forward for the kept tokens.
-        self.register_buffer('relative_position_index', build_relative_position_index(grid_size),
-                             persistent=False)
 
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth rises linearly
         self.blocks = nn.ModuleList([
@@ -300,16 +312,15 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x):
         x, idx = self._select(self.embed(x))
-        rel_index = self.relative_position_index.unsqueeze(0)  # [1, N, N]
-        if idx is not None:
-            rel_index = gather_relative_position_index(self.relative_position_index, idx)  # [B, K, K]
-        rel_index = padded_relative_position_index(rel_index)  # [B', K, K'], once for all blocks
-        shared_bias = self.rel_pos_bias(rel_index) if self.rel_pos_bias is not None else None
+        if idx is None:
+            idx = torch.arange(self.num_tokens, device=x.device).unsqueeze(0)  # [1, N]: every token
+        kept_pairs = kept_pair_index(idx, self.num_tokens)  # [B', K, K'], once for all blocks
+        shared_bias = self.rel_pos_bias(kept_pairs) if self.rel_pos_bias is not None else None
         for block in self.blocks:
             if self.use_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, rel_index, shared_bias, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, kept_pairs, shared_bias, use_reentrant=False)
             else:
-                x = block(x, rel_index, shared_bias)
+                x = block(x, kept_pairs, shared_bias)
         x = self.norm(x)
         if self.fc_norm is not None:
             return self.fc_norm(x[:, 1:].mean(dim=1))  # mean of the kept patch tokens

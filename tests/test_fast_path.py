@@ -4,8 +4,9 @@ import pytest
 import torch
 from timm.layers import DropPath
 
-from models.vision_transformer import (Attention, Block, build_relative_position_index,
-                                       padded_relative_position_index, relative_position_bias)
+from models.patch_selection import gather_relative_position_index
+from models.vision_transformer import (Attention, Block, build_relative_position_index, kept_pair_index,
+                                       relative_position_bias)
 from tests.helpers import tiny_model
 
 RHOS = (1.0, 0.8, 0.6, 0.4, 0.2)
@@ -56,24 +57,26 @@ def test_default_attention_matches_both_paths(fused, monkeypatch):
     torch.testing.assert_close(model(x), default, rtol=1e-4, atol=1e-5)
 
 
-def test_gathered_bias_is_an_aligned_heads_first_view():
-    # [heads, B, K, K] straight from the index, rows padded to a multiple of 16 (no copy by the
-    # memory-efficient CUDA kernel), and equal to the table looked up pair by pair.
+@pytest.mark.parametrize('idx', [[[0, 5, 2, 16, 9], [0, 1, 9, 3, 4]], [list(range(17))]],
+                         ids=['kept', 'all'])
+def test_gathered_bias_is_an_aligned_heads_first_view(idx):
+    # [heads, B', K, K] straight from the pair index, rows padded to a multiple of 16 (no copy by
+    # the memory-efficient CUDA kernel), equal to the table looked up pair by pair.
     torch.manual_seed(0)
     full = build_relative_position_index((4, 4))  # 17 tokens, 7 * 7 + 3 = 52 rows
     table = torch.randn(52, 3)
-    idx = torch.tensor([[0, 5, 2, 16, 9], [0, 1, 9, 3, 4]])
-    index = full[idx.unsqueeze(2), idx.unsqueeze(1)]  # [2, 5, 5]
-    padded = padded_relative_position_index(index)
-    assert padded.shape == (2, 5, 16) and torch.equal(padded[..., :5], index)
-    bias = relative_position_bias(table, padded)
-    assert bias.shape == (3, 2, 5, 5)
+    idx = torch.tensor(idx)
+    pairs = kept_pair_index(idx, 17)
+    k = idx.shape[1]
+    assert pairs.shape == (idx.shape[0], k, 16 * -(-k // 16))
+    for b in range(idx.shape[0]):
+        assert torch.equal(pairs[b, :, :k], idx[b, :, None] * 17 + idx[b, None, :])
+        assert torch.equal(pairs[b, :, k:], pairs[b, :, :pairs.shape[-1] - k])  # padding spreads
+    bias = relative_position_bias(table, full, pairs)[..., :k]  # as the attention uses it
+    assert bias.shape == (3, idx.shape[0], k, k)
     assert bias.stride(-1) == 1 and all(s % 16 == 0 for s in bias.stride()[:-1])
-    for b in range(2):
-        for i in range(5):
-            for j in range(5):
-                assert torch.equal(bias[:, b, i, j], table[full[idx[b, i], idx[b, j]]])
-    assert padded_relative_position_index(padded) is padded  # already aligned: unchanged
+    assert torch.equal(bias, table[gather_relative_position_index(full, idx)].permute(3, 0, 1, 2))
+    assert torch.equal(bias[:, 0, 1, 2], table[full[idx[0, 1], idx[0, 2]]])
 
 
 def test_folded_layer_scale_and_drop_path_equal_timm_drop_path():

@@ -61,3 +61,50 @@ def test_counts_follow_the_model_shape():
     model.set_patch_drop_ratio(0.5)  # the argument, not the model's current ratio, decides
     assert forward_flops(model, 0.0)['total'] == expected
     assert forward_flops(model, 0.5)['qkv'] == 2 * 2 * 8 * 32 * 96  # round(0.5 * 17) = 8 tokens
+
+
+# --- the benchmark's schedule prediction and a smoke run (benchmarks/train_step.py) -------------
+def test_cyclic_schedule_histogram_and_predicted_saving():
+    from benchmarks.train_step import PAPER_A100_MS, predict_training_time, rho_histogram
+    config = get_config(argparse.Namespace(cfg='configs/vit-b/magnitude_cyclic_80_0.yaml', opts=None))
+    hist = rho_histogram(config, 2502)
+    steps = sum(hist.values())
+    assert steps == 100 * 2502 and sorted(hist) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert hist[0.2] / steps == pytest.approx(1 / 9, abs=0.002)  # PAPER.md: 1/9 at 0.2, 2/9 at the others
+    for rho in (0.4, 0.6, 0.8, 1.0):
+        assert hist[rho] / steps == pytest.approx(2 / 9, abs=0.002)
+    # With the paper's own step times the prediction is the paper's measured 31% saving.
+    [row] = predict_training_time(['configs/vit-b/magnitude_cyclic_80_0.yaml'], PAPER_A100_MS, 2502)
+    assert row['mean_rho'] == pytest.approx(0.644, abs=0.002)
+    assert row['saving'] == pytest.approx(0.31, abs=0.01)
+    assert row['hours'] == pytest.approx(row['mean_step_s'] * steps / 3600)
+    # Step times proportional to rho: the saving is 1 - mean rho.
+    [row] = predict_training_time(['configs/vit-b/magnitude_cyclic_80_0.yaml'], {r: r for r in PAPER_A100_MS}, 2502)
+    assert row['saving'] == pytest.approx(1 - row['mean_rho'])
+
+
+@pytest.mark.parametrize('mode', ['train', 'inference'])
+def test_benchmark_smoke_run(mode, tmp_path):
+    import json
+
+    from benchmarks.train_step import main
+    from tests.helpers import TINY_OPTS
+    main(['--cfg', 'configs/vit-b/magnitude_cyclic_80_0.yaml', '--opts', *TINY_OPTS, '--batch-size', '2',
+          '--mode', mode, '--repeats', '1', '--warmup', '1', '--iters-per-epoch', '3',
+          '--predict', 'configs/vit-b/baseline.yaml', 'configs/vit-b/magnitude_cyclic_80_0.yaml',
+          '--out', str(tmp_path)])
+    result = json.loads((tmp_path / f'{mode}_cpu.json').read_text())
+    assert (tmp_path / f'{mode}_cpu.md').read_text().startswith(f'## {mode}:')
+    rows = result['rows']
+    assert [(r['model'], r['rho']) for r in rows] == [('ours', rho) for rho in (1.0, 0.8, 0.6, 0.4, 0.2)] + [
+        ('timm beit_base_patch16_224', 1.0)]
+    assert [r['kept_tokens'] for r in rows] == [17, 14, 10, 7, 3, 17]  # round(rho * 17)
+    assert rows[0]['ratio_to_ours_rho1'] == 1.0 and all(r['ms'] > 0 for r in rows)
+    assert result['models']['timm']['params'] == result['models']['ours']['params']
+    assert result['models']['timm']['fused_attn'] is True
+    if mode == 'train':
+        baseline, cyclic = result['predictions']
+        assert baseline['saving'] == pytest.approx(0.0) and baseline['mean_rho'] == 1.0
+        assert 0.0 < cyclic['mean_rho'] < 1.0
+    else:
+        assert 'predictions' not in result
