@@ -99,7 +99,8 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
 
     def __call__(self):
-        flag = torch.tensor([float(self.requested)])
+        # NCCL (the backend whenever CUDA is there) reduces CUDA tensors only
+        flag = torch.tensor([float(self.requested)], device='cuda' if torch.cuda.is_available() else 'cpu')
         return bool(all_reduce_sum(flag).item() > 0)
 
 
