@@ -92,7 +92,8 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
             lr = max(group['lr'] for group in optimizer.param_groups)  # the LR of this step
             scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            # On CPU, keeping the gradient buffers avoids re-faulting ~350 MB of pages every step
+            optimizer.zero_grad(set_to_none=device.type != 'cpu')
             global_step = epoch * steps_per_epoch + step
             lr_scheduler.step_update(global_step + 1)
             patch_scheduler.step()

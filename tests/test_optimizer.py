@@ -89,7 +89,7 @@ def test_adamw_and_sgd_settings():
                             tiny_model())
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.defaults['betas'] == (0.9, 0.95) and adamw.defaults['eps'] == 1e-6
-    assert not adamw.defaults['fused']  # parameters on the CPU
+    assert adamw.defaults['fused']  # the fused kernel, on the CPU too
     sgd = build_optimizer(tiny_config(opts=['TRAIN.OPTIMIZER.NAME', 'SGD', 'TRAIN.OPTIMIZER.MOMENTUM', '0.8']),
                           tiny_model())
     assert isinstance(sgd, torch.optim.SGD)
