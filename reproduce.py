@@ -817,12 +817,12 @@ def make_figures(results, fig_dir):
         figures.append((name, caption))
 
     save(plot_overview([(label, r.train, r.val, r.sweep) for label, r in runs]), 'overview.png',
-         'Left: validation top-1 at ρ = 1 after each epoch against wall-clock hours (one line per seed). '
+         'Left: validation top-1 at ρ = 1 after each epoch against wall-clock time (one line per seed). '
          'Right: top-1 against ρ at inference, mean over seeds with the min-max band; numbers are images/s.')
     save(plot_sweep_drop_ratio([(label, r.sweep) for label, r in runs]), 'sweep_drop.png',
          'Dynamic inference: top-1 of each final model against ρ, mean over seeds and min-max band.')
     save(plot_training_curves([(label, r.train, r.val) for label, r in runs]), 'training_curves.png',
-         'Training loss, validation top-1 and loss against iterations / epochs (left) and wall-clock hours (right).')
+         'Training loss, validation top-1 and loss against iterations / epochs (left) and wall-clock time (right).')
     save(plot_train_times([(f'{label} (seed {r.seed})', epoch_records(r.train)) for label, r in first]),
          'train_times.png', 'Time per training iteration over the last epoch, coloured by ρ, with the mean per ρ.')
     with_distribution = [(label, r.distribution) for label, r in first if r.distribution]

@@ -12,7 +12,7 @@ import yaml
 
 from patch_scheduler import patch_drop_ratio_at
 from viz.common import (DPI, VizInputError, downsample_index, epoch_end_hours, moving_average, read_json,
-                        read_sweep, read_train_log, read_val_log)
+                        read_sweep, read_train_log, read_val_log, time_unit)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, ITERS = 3, 20
@@ -202,6 +202,37 @@ def test_epoch_end_hours_adds_training_and_validation_time():
         epoch_end_hours({'epoch': np.array([1, 1]), 'time': np.ones(2)}, val, 'val_log.json')
     with pytest.raises(VizInputError, match='line 2: epoch 1 has no training iterations'):
         epoch_end_hours({'epoch': np.array([0, 0]), 'time': np.ones(2)}, val, 'val_log.json')
+
+
+def test_time_unit_is_minutes_for_runs_under_an_hour():
+    assert time_unit([np.array([0.1, 0.5]), 0.99]) == (60.0, 'min', 'minutes')
+    assert time_unit([np.array([0.1, 1.0]), 0.5]) == (1.0, 'h', 'hours')
+    assert time_unit([np.array([])]) == (60.0, 'min', 'minutes')
+
+
+def test_short_runs_are_drawn_in_minutes(runs):
+    """The synthetic runs last about 40 s of training plus 12 s of validation: the time axes are in minutes,
+    and the overview's end label gives the last epoch's end in minutes."""
+    from viz.overview import load_run, plot_overview
+    from viz.training_curves import load_run as load_curves
+    from viz.training_curves import plot_training_curves
+
+    train, val, sweep = load_run(str(runs['cyclic_s0']))
+    fig = plot_overview([('cyclic', train, val, sweep)])
+    axis = fig.axes[0]
+    assert axis.get_xlabel() == 'minutes (training + validation)'
+    minutes = epoch_end_hours(train, val) * 60
+    assert axis.lines[0].get_xdata() == pytest.approx(minutes)
+    assert axis.texts[0].get_text() == f'{val["acc1"][-1]:.2f}% · {minutes[-1]:.2f} min'
+
+    train, val = load_curves(str(runs['cyclic_s0']))
+    fig = plot_training_curves([('cyclic', train, val)], smooth=1)
+    assert [ax.get_xlabel() for ax in fig.axes[1::2]] == ['minutes (training)', 'minutes (training + validation)',
+                                                          'minutes (training + validation)']
+    assert fig.axes[0].get_title() == 'training loss'  # a window of 1 is no smoothing
+    assert fig.axes[1].lines[0].get_xdata()[-1] == pytest.approx(np.sum(train['time']) / 60)
+    assert plot_training_curves([('cyclic', train, val)], smooth=5).axes[0].get_title() == \
+        'training loss (mean of 5 iterations)'
 
 
 def test_moving_average_and_downsampling():

@@ -228,6 +228,13 @@ def epoch_end_hours(train, val, source='val_log'):
     return train_hours[ends - 1] + np.cumsum(val['time'], dtype=float) / 3600
 
 
+def time_unit(hours):
+    """(factor, short name, long name) to show wall-clock `hours` (any iterable of arrays or numbers) in:
+    minutes when the longest is under an hour (a demo run), hours otherwise (ImageNet)."""
+    longest = max((float(np.max(h)) for h in hours if np.size(h)), default=0.0)
+    return (60.0, 'min', 'minutes') if longest < 1 else (1.0, 'h', 'hours')
+
+
 def label_colors(labels):
     """One colour per distinct label, in order of first appearance."""
     colors = {}

@@ -1,13 +1,13 @@
-r"""The paper's two-panel overview: accuracy against training hours, and accuracy against rho.
+r"""The paper's two-panel overview: accuracy against training time, and accuracy against rho.
 
     python viz/overview.py --runs out/baseline out/cyclic --labels baseline "Cyclic(0.2, 1.0)" \
         --out overview.pdf [--ylim 70 85]
 
-Left: validation top-1 (at rho = 1) after each epoch against wall-clock hours (training plus
-validation so far, from <run>/train_log.json and <run>/val_log.json), the final point labelled with
-its accuracy and hours. Right: top-1 against rho at inference from <run>/sweep_drop.json (runs without
-one are left out of this panel, with a note), throughput (images/s) at the points, seeds as mean and
-min-max band as in sweep_drop_ratio.py.
+Left: validation top-1 (at rho = 1) after each epoch against wall-clock time (training plus
+validation so far, from <run>/train_log.json and <run>/val_log.json; in minutes when every run is
+shorter than an hour), the final point labelled with its accuracy and time. Right: top-1 against rho
+at inference from <run>/sweep_drop.json (runs without one are left out of this panel, with a note),
+throughput (images/s) at the points, seeds as mean and min-max band as in sweep_drop_ratio.py.
 """
 import os
 import sys
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from viz.common import (SWEEP, TRAIN_LOG, VAL_LOG, VizInputError, check_out_path, epoch_end_hours,  # noqa: E402
                         group_by_label, label_colors, make_parser, read_sweep, read_train_log, read_val_log,
-                        run_cli, run_labels, save_figure)
+                        run_cli, run_labels, save_figure, time_unit)
 from viz.sweep_drop_ratio import draw_sweep  # noqa: E402
 
 
@@ -33,15 +33,16 @@ def plot_overview(runs, out_path=None, ylim=None):
     ax_hours, ax_rho = fig.subplots(1, 2)
     colors = label_colors([run[0] for run in runs])
     drawn = set()
-    for label, train, val, _ in runs:
-        hours = epoch_end_hours(train, val)
-        ax_hours.plot(hours, val['acc1'], color=colors[label], linewidth=1.2,
-                      label=None if label in drawn else label)
+    ends = [epoch_end_hours(train, val) for _, train, val, _ in runs]
+    factor, unit, unit_name = time_unit(ends)
+    for (label, _, val, _), hours in zip(runs, ends):
+        t = hours * factor
+        ax_hours.plot(t, val['acc1'], color=colors[label], linewidth=1.2, label=None if label in drawn else label)
         drawn.add(label)
-        ax_hours.plot(hours[-1], val['acc1'][-1], marker='o', color=colors[label])
-        ax_hours.annotate(f'{val["acc1"][-1]:.2f}% · {hours[-1]:.2f} h', (hours[-1], val['acc1'][-1]),
+        ax_hours.plot(t[-1], val['acc1'][-1], marker='o', color=colors[label])
+        ax_hours.annotate(f'{val["acc1"][-1]:.2f}% · {t[-1]:.2f} {unit}', (t[-1], val['acc1'][-1]),
                           textcoords='offset points', xytext=(-4, 6), ha='right', fontsize=8, color=colors[label])
-    ax_hours.set(title='top-1 vs training time', xlabel='hours (training + validation)',
+    ax_hours.set(title='top-1 vs training time', xlabel=f'{unit_name} (training + validation)',
                  ylabel='validation top-1 (%, ρ = 1)')
     ax_hours.grid(alpha=0.3)
     ax_hours.legend(fontsize=8, loc='lower right')

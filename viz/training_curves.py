@@ -1,11 +1,12 @@
-r"""Training and validation curves of one or more runs, against iterations, epochs and wall-clock hours.
+r"""Training and validation curves of one or more runs, against iterations, epochs and wall-clock time.
 
     python viz/training_curves.py --runs output/pss/baseline output/pss/cyclic --labels baseline cyclic \
         --out curves.png [--smooth 500]
 
-A 3 x 2 grid: training loss (a trailing moving average) against iteration and against hours (the
-cumulative sum of each iteration's `time`); validation top-1 accuracy, then validation loss, against
-epoch and against hours (training time up to the end of the epoch plus the validation passes so far).
+A 3 x 2 grid: training loss (a trailing moving average) against iteration and against wall-clock time
+(the cumulative sum of each iteration's `time`); validation top-1 accuracy, then validation loss, against
+epoch and against time (training time up to the end of the epoch plus the validation passes so far).
+Time is in minutes when every run is shorter than an hour, in hours otherwise.
 Reads <run>/train_log.json and <run>/val_log.json; a run without a val_log.json (still in its first
 epoch) shows its training loss only. Prints each run's final and best accuracy and its hours.
 """
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from viz.common import (TRAIN_LOG, VAL_LOG, VizInputError, check_out_path, downsample_index,  # noqa: E402
                         epoch_end_hours, label_colors, make_parser, moving_average, read_train_log,
-                        read_val_log, run_cli, run_labels, save_figure)
+                        read_val_log, run_cli, run_labels, save_figure, time_unit)
 
 
 def default_window(num_iterations):
@@ -42,33 +43,37 @@ def plot_training_curves(runs, out_path=None, smooth=None):
     axes = fig.subplots(3, 2, sharey='row')
     colors = label_colors([label for label, _, _ in runs])
     drawn, windows = set(), set()
+    seconds = [np.sum(train['time']) + (np.sum(val['time']) if val is not None else 0) for _, train, val in runs]
+    factor, _, unit_name = time_unit(np.array(seconds) / 3600)
     for label, train, val in runs:
         style = dict(color=colors[label], linewidth=1.2)
         if label not in drawn:  # one legend entry per label (seeds share one)
             style['label'] = label
             drawn.add(label)
-        hours = np.cumsum(train['time'], dtype=float) / 3600
-        window = smooth or default_window(len(hours))
+        t = np.cumsum(train['time'], dtype=float) / 3600 * factor
+        window = smooth or default_window(len(t))
         windows.add(window)
         loss = moving_average(train['loss'], window)
-        index = downsample_index(len(hours))  # after smoothing, so no iteration is lost from the mean
+        index = downsample_index(len(t))  # after smoothing, so no iteration is lost from the mean
         axes[0, 0].plot(train['iteration'][index], loss[index], **style)
-        axes[0, 1].plot(hours[index], loss[index], color=colors[label], linewidth=1.2)
+        axes[0, 1].plot(t[index], loss[index], color=colors[label], linewidth=1.2)
         if val is None:
             continue
-        val_hours = epoch_end_hours(train, val)
+        val_t = epoch_end_hours(train, val) * factor
         marker = dict(marker='o', markersize=3) if len(val['epoch']) <= 50 else {}
         for row, field in ((1, 'acc1'), (2, 'loss')):
             axes[row, 0].plot(val['epoch'], val[field], color=colors[label], **marker)
-            axes[row, 1].plot(val_hours, val[field], color=colors[label], **marker)
+            axes[row, 1].plot(val_t, val[field], color=colors[label], **marker)
 
-    smoothing = f'mean of {windows.pop()} iterations' if len(windows) == 1 else 'moving average'
-    axes[0, 0].set(title=f'training loss ({smoothing})', xlabel='iteration', ylabel='loss')
-    axes[0, 1].set(title=f'training loss ({smoothing})', xlabel='hours (training)')
+    window = windows.pop() if len(windows) == 1 else None
+    loss_title = ('training loss' if window == 1 else f'training loss (mean of {window} iterations)' if window
+                  else 'training loss (moving average)')
+    axes[0, 0].set(title=loss_title, xlabel='iteration', ylabel='loss')
+    axes[0, 1].set(title=loss_title, xlabel=f'{unit_name} (training)')
     axes[1, 0].set(title='validation top-1 (ρ = 1)', xlabel='epoch', ylabel='top-1 (%)')
-    axes[1, 1].set(title='validation top-1 (ρ = 1)', xlabel='hours (training + validation)')
+    axes[1, 1].set(title='validation top-1 (ρ = 1)', xlabel=f'{unit_name} (training + validation)')
     axes[2, 0].set(title='validation loss', xlabel='epoch', ylabel='loss')
-    axes[2, 1].set(title='validation loss', xlabel='hours (training + validation)')
+    axes[2, 1].set(title='validation loss', xlabel=f'{unit_name} (training + validation)')
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
