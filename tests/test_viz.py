@@ -212,7 +212,7 @@ def test_time_unit_is_minutes_for_runs_under_an_hour():
 
 def test_short_runs_are_drawn_in_minutes(runs):
     """The synthetic runs last about 40 s of training plus 12 s of validation: the time axes are in minutes,
-    and the overview's end label gives the last epoch's end in minutes."""
+    and the overview's legend gives the final top-1 and the last epoch's end in minutes."""
     from viz.overview import load_run, plot_overview
     from viz.training_curves import load_run as load_curves
     from viz.training_curves import plot_training_curves
@@ -223,7 +223,8 @@ def test_short_runs_are_drawn_in_minutes(runs):
     assert axis.get_xlabel() == 'minutes (training + validation)'
     minutes = epoch_end_hours(train, val) * 60
     assert axis.lines[0].get_xdata() == pytest.approx(minutes)
-    assert axis.texts[0].get_text() == f'{val["acc1"][-1]:.2f}% · {minutes[-1]:.2f} min'
+    assert [t.get_text() for t in axis.get_legend().get_texts()] == \
+        [f'cyclic: {val["acc1"][-1]:.2f}% · {minutes[-1]:.2f} min']
 
     train, val = load_curves(str(runs['cyclic_s0']))
     fig = plot_training_curves([('cyclic', train, val)], smooth=1)
@@ -233,6 +234,29 @@ def test_short_runs_are_drawn_in_minutes(runs):
     assert fig.axes[1].lines[0].get_xdata()[-1] == pytest.approx(np.sum(train['time']) / 60)
     assert plot_training_curves([('cyclic', train, val)], smooth=5).axes[0].get_title() == \
         'training loss (mean of 5 iterations)'
+
+
+def test_overview_legend_and_throughput_numbers_with_seeds(runs):
+    """Seeds share a legend entry with their mean final top-1 and time; with more than two labels only the
+    first label's throughput is written at the points, and the title says whose."""
+    from viz.overview import load_run, plot_overview
+
+    base, s0, s1 = (load_run(str(runs[k])) for k in ('baseline', 'cyclic_s0', 'cyclic_s1'))
+    fig = plot_overview([('baseline', *base), ('cyclic', *s0), ('cyclic', *s1)])
+    minutes = [epoch_end_hours(train, val)[-1] * 60 for train, val, _ in (base, s0, s1)]
+    acc = [val['acc1'][-1] for _, val, _ in (base, s0, s1)]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        f'baseline: {acc[0]:.2f}% · {minutes[0]:.2f} min',
+        f'cyclic: {np.mean(acc[1:]):.2f}% · {np.mean(minutes[1:]):.2f} min, mean of 2']
+    ax_rho = fig.axes[1]
+    assert ax_rho.get_title() == 'top-1 vs ρ at inference (numbers: images/s)'
+    assert len(ax_rho.texts) == 2 * 9  # two labels, 9 rho each: all numbers written
+
+    fig = plot_overview([('baseline', *base), ('cyclic', *s0), ('cyclic 2', *s1)])
+    ax_rho = fig.axes[1]
+    assert ax_rho.get_title() == 'top-1 vs ρ at inference (numbers: images/s of baseline)'
+    throughput = base[2]['throughput'][np.argsort(1 - base[2]['drop_ratio'])]
+    assert [t.get_text() for t in ax_rho.texts] == [f'{v:.0f}' for v in throughput]
 
 
 def test_moving_average_and_downsampling():

@@ -5,9 +5,10 @@ r"""The paper's two-panel overview: accuracy against training time, and accuracy
 
 Left: validation top-1 (at rho = 1) after each epoch against wall-clock time (training plus
 validation so far, from <run>/train_log.json and <run>/val_log.json; in minutes when every run is
-shorter than an hour), the final point labelled with its accuracy and time. Right: top-1 against rho
-at inference from <run>/sweep_drop.json (runs without one are left out of this panel, with a note),
-throughput (images/s) at the points, seeds as mean and min-max band as in sweep_drop_ratio.py.
+shorter than an hour), the legend giving each label's final top-1 and time (the mean over its runs
+when several share a label). Right: top-1 against rho at inference from <run>/sweep_drop.json (runs
+without one are left out of this panel, with a note), seeds as mean and min-max band and throughput
+(images/s) at the points, as in sweep_drop_ratio.py.
 """
 import os
 import sys
@@ -17,12 +18,13 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from viz.common import (SWEEP, TRAIN_LOG, VAL_LOG, VizInputError, check_out_path, epoch_end_hours,  # noqa: E402
                         group_by_label, label_colors, make_parser, read_sweep, read_train_log, read_val_log,
                         run_cli, run_labels, save_figure, time_unit)
-from viz.sweep_drop_ratio import draw_sweep  # noqa: E402
+from viz.sweep_drop_ratio import draw_sweep, throughput_note  # noqa: E402
 
 
 def plot_overview(runs, out_path=None, ylim=None):
@@ -32,16 +34,20 @@ def plot_overview(runs, out_path=None, ylim=None):
     fig = Figure(figsize=(12, 4.8), layout='constrained')
     ax_hours, ax_rho = fig.subplots(1, 2)
     colors = label_colors([run[0] for run in runs])
-    drawn = set()
     ends = [epoch_end_hours(train, val) for _, train, val, _ in runs]
     factor, unit, unit_name = time_unit(ends)
+    finals = {}  # label -> [(final top-1, time)] over its runs (seeds), for the legend
+    for (label, _, val, _), hours in zip(runs, ends):
+        finals.setdefault(label, []).append((val['acc1'][-1], hours[-1] * factor))
+    legend = {}
+    for label, values in finals.items():
+        acc, t = np.mean(values, axis=0)
+        seeds = f', mean of {len(values)}' if len(values) > 1 else ''
+        legend[label] = f'{label}: {acc:.2f}% · {t:.2f} {unit}{seeds}'
     for (label, _, val, _), hours in zip(runs, ends):
         t = hours * factor
-        ax_hours.plot(t, val['acc1'], color=colors[label], linewidth=1.2, label=None if label in drawn else label)
-        drawn.add(label)
+        ax_hours.plot(t, val['acc1'], color=colors[label], linewidth=1.2, label=legend.pop(label, None))
         ax_hours.plot(t[-1], val['acc1'][-1], marker='o', color=colors[label])
-        ax_hours.annotate(f'{val["acc1"][-1]:.2f}% · {t[-1]:.2f} {unit}', (t[-1], val['acc1'][-1]),
-                          textcoords='offset points', xytext=(-4, 6), ha='right', fontsize=8, color=colors[label])
     ax_hours.set(title='top-1 vs training time', xlabel=f'{unit_name} (training + validation)',
                  ylabel='validation top-1 (%, ρ = 1)')
     ax_hours.grid(alpha=0.3)
@@ -49,8 +55,9 @@ def plot_overview(runs, out_path=None, ylim=None):
 
     with_sweep = [(label, sweep) for label, _, _, sweep in runs if sweep is not None]
     if with_sweep:
-        draw_sweep(ax_rho, group_by_label(*zip(*with_sweep)), colors=colors)
-        ax_rho.set_title('top-1 vs ρ at inference (numbers: images/s)')
+        groups = group_by_label(*zip(*with_sweep))
+        annotated = draw_sweep(ax_rho, groups, colors=colors)
+        ax_rho.set_title(f'top-1 vs ρ at inference ({throughput_note(groups, annotated)})')
     else:
         ax_rho.text(0.5, 0.5, f'no {SWEEP} in these runs', ha='center', va='center', transform=ax_rho.transAxes)
         ax_rho.set_axis_off()
@@ -83,8 +90,10 @@ def main(argv=None):
     check_out_path(args.out)
     labels = run_labels(args.runs, args.labels)
     runs = [(label, *load_run(run)) for label, run in zip(labels, args.runs)]
-    for label, train, val, _ in runs:
-        print(f'{label}: final top-1 {val["acc1"][-1]:.2f}% after {epoch_end_hours(train, val)[-1]:.2f} h')
+    ends = [epoch_end_hours(train, val)[-1] for _, train, val, _ in runs]
+    factor, unit, _ = time_unit(ends)
+    for (label, _, val, _), end in zip(runs, ends):
+        print(f'{label}: final top-1 {val["acc1"][-1]:.2f}% after {end * factor:.2f} {unit}')
     fig = plot_overview(runs, args.out, args.ylim)
     print(f'wrote {args.out}')
     return fig

@@ -5,8 +5,9 @@ r"""Accuracy against rho at inference ("dynamic inference"), for several runs, t
 
 Reads <run>/sweep_drop.json (one line per drop ratio) and draws top-1 (or --metric) against
 rho = 1 - drop_ratio, one curve per label; the number at each point is the throughput in images/s
-(`throughput`, end to end, or `model_throughput`). Runs that share a label (seeds) are drawn as their
-mean with a min-max band, and the throughput is their mean. Prints the table.
+(`throughput`, end to end, or `model_throughput`; with more than two labels, the first label's only).
+Runs that share a label (seeds) are drawn as their mean with a min-max band, and the throughput is
+their mean. Prints the table.
 """
 import os
 import sys
@@ -43,12 +44,20 @@ def sweep_statistics(sweeps, metric='acc1', throughput='throughput'):
     return stats
 
 
+MAX_ANNOTATED = 2  # with more labels, only the first one's throughput is written at its points
+
+
 def draw_sweep(ax, groups, metric='acc1', throughput='throughput', annotate=True, colors=None):
     """Draw [(label, [sweeps])] on `ax`: mean per label, min-max band for several sweeps, throughput text.
+    With more than MAX_ANNOTATED labels only the first label's throughput is written (the models share an
+    architecture, so their throughputs at one rho differ only by noise, and more numbers would overlap).
 
     colors: {label: colour} (default: the colour cycle in order).
+    Returns the labels whose throughput is written.
     """
     colors = colors or label_colors([label for label, _ in groups])
+    labels = [label for label, _ in groups]
+    annotated = (labels if len(labels) <= MAX_ANNOTATED else labels[:1]) if annotate else []
     for i, (label, sweeps) in enumerate(groups):
         stats = sweep_statistics(sweeps, metric, throughput)
         color = colors[label]
@@ -56,7 +65,7 @@ def draw_sweep(ax, groups, metric='acc1', throughput='throughput', annotate=True
         ax.plot(stats['keep_ratio'], stats['mean'], marker='o', markersize=4, color=color, label=label + spread)
         if len(sweeps) > 1:
             ax.fill_between(stats['keep_ratio'], stats['low'], stats['high'], color=color, alpha=0.2, linewidth=0)
-        if annotate:
+        if label in annotated:
             # alternate above and below the points so that two curves' numbers rarely collide
             offset = (0, 6) if i % 2 == 0 else (0, -12)
             for x, y, speed in zip(stats['keep_ratio'], stats['mean'], stats['throughput']):
@@ -65,6 +74,13 @@ def draw_sweep(ax, groups, metric='acc1', throughput='throughput', annotate=True
     ax.set(xlabel='ρ (keep rate) at inference', ylabel=METRIC_NAMES.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
+    return annotated
+
+
+def throughput_note(groups, annotated, speed_name=''):
+    """'numbers: images/s[, speed_name]', naming the label when only some labels' numbers are written."""
+    whose = '' if len(annotated) == len(groups) else f' of {", ".join(annotated)}'
+    return f'numbers: images/s{whose}' + (f', {speed_name}' if speed_name else '')
 
 
 def plot_sweep_drop_ratio(runs, out_path=None, metric='acc1', throughput='throughput'):
@@ -73,9 +89,10 @@ def plot_sweep_drop_ratio(runs, out_path=None, metric='acc1', throughput='throug
         raise VizInputError('no runs to draw')
     fig = Figure(figsize=(7, 5), layout='constrained')
     ax = fig.subplots()
-    draw_sweep(ax, group_by_label(*zip(*runs)), metric, throughput)
+    groups = group_by_label(*zip(*runs))
+    annotated = draw_sweep(ax, groups, metric, throughput)
     speed_name = 'end to end' if throughput == 'throughput' else 'model only'
-    ax.set_title(f'{METRIC_NAMES.get(metric, metric)} vs ρ (numbers: images/s, {speed_name})')
+    ax.set_title(f'{METRIC_NAMES.get(metric, metric)} vs ρ ({throughput_note(groups, annotated, speed_name)})')
     if out_path:
         save_figure(fig, out_path)
     return fig
