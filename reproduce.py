@@ -12,8 +12,9 @@ at a time, since two runs on 2 cores only slow each other). On every final check
 sweep_drop.py (rho 1.0 to 0.2), and on the first seed of each schedule image_patches.py and
 patch_distribution.py.
 
-Expected wall time on 2 quiet CPU cores: about 40 minutes for the full command (about 2 minutes of
-training per run x 15 runs, about 15 s per sweep, and every script pays about 7 s to import torch);
+Wall time on 2 quiet CPU cores: 54 minutes for the full command, measured for the committed results/
+(2.5 to 4 minutes of training per run x 15 runs, about 13 s per sweep, 10 s each for image_patches.py
+and patch_distribution.py, most of which is importing torch);
 --quick takes about 4 minutes (1 seed, 2 epochs, 16 px images, a 2-block model; `--quick --seeds 0 1`
 also draws the spread over seeds). Progress (run k of n, elapsed, ETA) is printed as it goes.
 
