@@ -224,6 +224,21 @@ def test_readme_lists_every_claim_with_measured_rows():
     assert '3 epochs of 9 steps of 64 images' in setup and '2 seed(s) per schedule (0, 1)' in setup
 
 
+def test_committed_results_readme_is_what_the_committed_runs_give():
+    """results/README.md was written by reproduce.py from results/runs: recomputing every claim from the
+    committed runs gives the committed verdicts, sentences and tables (no hand edits, no stale report)."""
+    out = os.path.join(os.path.dirname(reproduce.__file__), 'results')
+    results = load_results(out, make_plan())
+    with open(os.path.join(out, 'README.md')) as f:
+        committed = f.read()
+    for c in all_claims(results):
+        assert f'**{c.status.capitalize()}**: {c.sentence}.' in committed
+        for table in c.tables:
+            assert table in committed
+    assert sweep_table(results) in committed
+    assert reproduce.setup_description(results, make_plan()) in committed
+
+
 # -----------------------------------------------------------------------------
 # Skip if done, and a killed reproduce.py that continues
 # -----------------------------------------------------------------------------
