@@ -192,24 +192,24 @@ def _ratios(values):
     return {round(float(v), 6) for v in values}
 
 
-def sweep_done(run_dir, drop_ratios):
-    path = os.path.join(run_dir, SWEEP)
+def covers(path, drop_ratios, read_ratios):
+    """Whether the output file at `path` exists, reads, and lists every one of `drop_ratios`
+    (`read_ratios(path)` gives the ratios it lists)."""
     if not os.path.exists(path):
         return False
     try:
-        return _ratios(drop_ratios) <= _ratios(read_sweep(path, ('drop_ratio',))['drop_ratio'])
+        return _ratios(drop_ratios) <= _ratios(read_ratios(path))
     except VizInputError:
         return False
 
 
-def json_ratios_done(path, drop_ratios):
-    """Whether the JSON file at `path` (image_patches / patch_distribution) covers `drop_ratios`."""
-    if not os.path.exists(path):
-        return False
-    try:
-        return _ratios(drop_ratios) <= _ratios(read_json(path, ('drop_ratios',))['drop_ratios'])
-    except VizInputError:
-        return False
+def sweep_ratios(path):
+    return read_sweep(path, ('drop_ratio',))['drop_ratio']
+
+
+def json_ratios(path):
+    """The drop ratios of image_patches.json / patch_distribution.json."""
+    return read_json(path, ('drop_ratios',))['drop_ratios']
 
 
 STAGES = ('train', 'sweep', 'image_patches', 'patch_distribution')
@@ -223,11 +223,11 @@ def missing_stages(run_dir, plan, run):
     stages = list(STAGES if run.extras else STAGES[:2])
     if not train_done(run_dir, plan.epochs):
         return stages
-    done = {'train': True, 'sweep': sweep_done(run_dir, plan.sweep_drop_ratios)}
+    done = {'train': True, 'sweep': covers(os.path.join(run_dir, SWEEP), plan.sweep_drop_ratios, sweep_ratios)}
     if run.extras:
-        done['image_patches'] = json_ratios_done(os.path.join(run_dir, IMAGE_PATCHES), plan.image_drop_ratios)
-        done['patch_distribution'] = json_ratios_done(os.path.join(run_dir, PATCH_DISTRIBUTION),
-                                                      plan.distribution_drop_ratios)
+        done['image_patches'] = covers(os.path.join(run_dir, IMAGE_PATCHES), plan.image_drop_ratios, json_ratios)
+        done['patch_distribution'] = covers(os.path.join(run_dir, PATCH_DISTRIBUTION),
+                                            plan.distribution_drop_ratios, json_ratios)
     return [stage for stage in stages if not done[stage]]
 
 
