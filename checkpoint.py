@@ -273,26 +273,29 @@ def load_model_weights(path, model, trusted=False):
 
 
 def load_pretrained(path, model, logger=None, trusted=False):
-    """Initialise `model` from a SimMIM pre-training or a fine-tuned checkpoint (--pretrained).
+    """Initialise `model` from a pretrained or fine-tuned checkpoint (--pretrained).
 
-    Accepts {'model': state_dict} or a bare state dict. Keys starting with `encoder.` are stripped
-    of it (the rest, the SimMIM decoder, is ignored); `relative_position_index` buffers are dropped
-    (rebuilt); a shared `rel_pos_bias` table is copied into every block when the model has per-block
-    tables instead; relative position tables and an absolute `pos_embed` are resized when the patch
-    grid differs; `head.*` is dropped when its shape differs (another number of classes) and
-    `fc_norm.*` / `norm.*` when theirs does, so those stay initialised. Any other shape mismatch
-    raises CheckpointError. Loads with strict=False, logs what is missing and unexpected, and returns
-    (missing_keys, unexpected_keys), relative_position_index buffers not counted.
+    `path` is a .pth or .safetensors file or timm:<model_name>; pretrained.py recognises its format
+    (SimMIM, BEiT, MAE, DeiT, timm vision_transformer / beit, PSS), converts it to our names, drops
+    the parts fine-tuning does not use (decoders, mask tokens, distillation token), and checks that
+    the checkpoint's family (qkv bias, layer scale, relative position bias) is the model's.
+    `relative_position_index` buffers are dropped (rebuilt); a shared `rel_pos_bias` table is copied
+    into every block when the model has per-block tables instead; relative position tables and an
+    absolute `pos_embed` are resized when the patch grid differs; `head.*` is dropped when its shape
+    differs (another number of classes) and `fc_norm.*` / `norm.*` when theirs does, so those stay
+    initialised. Any other shape mismatch raises CheckpointError. Loads with strict=False, logs the
+    format recognised and what is dropped, missing and unexpected, and returns (missing_keys,
+    unexpected_keys), relative_position_index buffers not counted.
     """
-    logger = logger or _logger
-    state_dict = _extract_state_dict(load_checkpoint_file(path, trusted), path)
-    logger.info(f"loading pretrained weights from '{path}'")
+    from pretrained import check_family, format_report, read_pretrained  # pretrained.py imports this module
 
-    if any(k.startswith('encoder.') for k in state_dict):
-        ignored = [k for k in state_dict if not k.startswith('encoder.')]
-        state_dict = {k[len('encoder.'):]: v for k, v in state_dict.items() if k.startswith('encoder.')}
-        logger.info(f"stripped the 'encoder.' prefix; ignored {len(ignored)} keys outside the encoder")
-    state_dict = {k: v for k, v in state_dict.items() if not _is_rebuilt(k)}
+    logger = logger or _logger
+    weights = read_pretrained(path, trusted)
+    logger.info(f"loading pretrained weights from '{path}'")
+    for line in format_report(weights):
+        logger.info(f'pretrained: {line}')
+    check_family(weights, model, path)
+    state_dict = {k: v for k, v in weights.state_dict.items() if not _is_rebuilt(k)}
     model_state = model.state_dict()
 
     block_tables = [k for k in model_state if re.fullmatch(r'blocks\.\d+\.attn\.relative_position_bias_table', k)]

@@ -60,6 +60,7 @@ _C.MODEL.VIT.DEPTH = 12  # number of transformer blocks
 _C.MODEL.VIT.NUM_HEADS = 12  # attention heads per block
 _C.MODEL.VIT.MLP_RATIO = 4.0  # MLP hidden width / token width
 _C.MODEL.VIT.QKV_BIAS = True  # learn q and v biases (the key bias is always zero)
+_C.MODEL.VIT.FULL_QKV_BIAS = False  # with QKV_BIAS: a key bias too, one `qkv.bias` (timm ViT, DeiT, MAE)
 _C.MODEL.VIT.INIT_VALUES = 0.1  # initial layer-scale gamma; 0 disables layer scale
 _C.MODEL.VIT.USE_APE = False  # add a learned absolute position embedding
 _C.MODEL.VIT.USE_RPB = False  # a relative position bias table in every block
@@ -124,6 +125,8 @@ _C.AUG.MIXUP_SWITCH_PROB = 0.5  # probability of cutmix instead of mixup when bo
 _C.AUG.MIXUP_MODE = 'batch'  # batch, pair or elem
 _C.AUG.HFLIP = 0.5  # horizontal flip probability (0 for digits and text)
 _C.AUG.SCALE = (0.08, 1.0)  # random-resized-crop area range
+_C.AUG.NUM_REPEATS = 1  # repeated augmentation (DeiT): each image this many times per epoch, each copy
+# augmented differently, the epoch as long as without (1: off)
 
 # -----------------------------------------------------------------------------
 # Testing
@@ -240,6 +243,10 @@ def validate_config(config):
     if config.DATA.IMG_SIZE % config.MODEL.VIT.PATCH_SIZE:
         raise ConfigError(f'DATA.IMG_SIZE {config.DATA.IMG_SIZE} is not a multiple of '
                           f'MODEL.VIT.PATCH_SIZE {config.MODEL.VIT.PATCH_SIZE}')
+    if config.AUG.NUM_REPEATS < 1:
+        raise ConfigError(f'AUG.NUM_REPEATS = {config.AUG.NUM_REPEATS} must be at least 1 (1: no repetition)')
+    if config.MODEL.VIT.FULL_QKV_BIAS and not config.MODEL.VIT.QKV_BIAS:
+        raise ConfigError('MODEL.VIT.FULL_QKV_BIAS True needs MODEL.VIT.QKV_BIAS True (no bias at all otherwise)')
     if config.MODEL.VIT.EMBED_DIM % config.MODEL.VIT.NUM_HEADS:
         raise ConfigError(f'MODEL.VIT.EMBED_DIM {config.MODEL.VIT.EMBED_DIM} is not divisible by '
                           f'MODEL.VIT.NUM_HEADS {config.MODEL.VIT.NUM_HEADS}')

@@ -23,7 +23,10 @@ verified up front (data/folder.py: one open per file in a thread pool, each proc
 split), and an image that verifies but fails to decode later raises a DataError naming the file.
 
 Training loader: `ResumableDistributedSampler` (a DistributedSampler, also in one process; shuffled
-by config.SEED + epoch, the same on every rank), DATA.BATCH_SIZE per process, drop_last=True.
+by config.SEED + epoch, the same on every rank), or with AUG.NUM_REPEATS > 1 its subclass
+`RepeatedAugmentationSampler` (DeiT's repeated augmentation: each image NUM_REPEATS times in a row
+of the shuffled order, dealt to the ranks, each copy augmented with a seed of its own; the epoch
+keeps its length), DATA.BATCH_SIZE per process, drop_last=True.
 Before each epoch call `set_train_epoch(data_loader_train, epoch)`; to continue an epoch after its
 first n batches (mid-epoch resume), `set_train_epoch(data_loader_train, epoch, start_batch=n)`:
 
@@ -53,8 +56,9 @@ or AUG.CUTMIX_MINMAX is set, else None.
 from .build import (DATASETS, build_dataset, build_loader, build_mixup, build_transform, build_val_loader,
                     set_train_epoch)
 from .folder import DataError
-from .samplers import ExactDistributedSampler, ResumableDistributedSampler
+from .samplers import ExactDistributedSampler, RepeatedAugmentationSampler, ResumableDistributedSampler
 
-__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'ResumableDistributedSampler', 'set_train_epoch',
+__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'RepeatedAugmentationSampler',
+           'ResumableDistributedSampler', 'set_train_epoch',
            'build_dataset',
            'build_loader', 'build_mixup', 'build_transform', 'build_val_loader']

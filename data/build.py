@@ -15,7 +15,7 @@ from utils import get_rank, get_world_size
 
 from .digits import export_digits
 from .folder import DataError, check_same_classes, image_folder, split_dir
-from .samplers import ExactDistributedSampler, ResumableDistributedSampler
+from .samplers import ExactDistributedSampler, RepeatedAugmentationSampler, ResumableDistributedSampler
 from .seeding import SeededDataset
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,12 @@ def build_loader(config):
     batch_size = config.DATA.BATCH_SIZE
     _check_iterations(dataset_train, batch_size, world_size)
     # The sampler is distributed even in one process, so that set_epoch() fixes each epoch's order.
-    sampler_train = ResumableDistributedSampler(dataset_train, batch_size=batch_size, num_replicas=world_size,
-                                                rank=rank, seed=config.SEED)
+    sampler_kwargs = dict(batch_size=batch_size, num_replicas=world_size, rank=rank, seed=config.SEED)
+    if config.AUG.NUM_REPEATS > 1:
+        sampler_train = RepeatedAugmentationSampler(dataset_train, num_repeats=config.AUG.NUM_REPEATS,
+                                                    **sampler_kwargs)
+    else:
+        sampler_train = ResumableDistributedSampler(dataset_train, **sampler_kwargs)
     # Per-sample seeded augmentation and a private generator for the workers' base seed: the
     # batches depend only on (SEED, epoch), never on the training process's RNG or the resume point.
     # Workers are not persistent so that each epoch's workers see the epoch set by set_train_epoch.

@@ -1,8 +1,10 @@
-"""Samplers: a training sampler that can start an epoch part-way, and an exact validation sampler.
+"""Samplers: training samplers that can start an epoch part-way (plain, and with DeiT's repeated
+augmentation), and an exact validation sampler.
 
 Both take `num_replicas` / `rank` explicitly (the builders pass `utils.get_world_size()` /
 `utils.get_rank()`), so tests can build the sampler of any rank in one process.
 """
+import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 
@@ -42,9 +44,40 @@ class ResumableDistributedSampler(DistributedSampler):
         super().set_epoch(epoch)
         self.start_batch = start_batch
 
+    def epoch_indices(self):
+        """This rank's samples of the whole epoch, in order."""
+        return list(super().__iter__())
+
     def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.start_batch * self.batch_size:])
+        return iter(self.epoch_indices()[self.start_batch * self.batch_size:])
+
+
+class RepeatedAugmentationSampler(ResumableDistributedSampler):
+    """DeiT's repeated augmentation (Hoffer et al. 2020), resumable like its parent: the epoch's
+    shuffled order (by `seed + epoch`) takes each image `num_repeats` times in a row, and the
+    copies are dealt round-robin to the ranks, so with several processes they land on different
+    GPUs. Each rank keeps the first ceil(n / world) of its samples: an epoch has as many
+    iterations as without repetition (and sees about n / num_repeats distinct images).
+
+    It yields (index, copy) pairs, copy in [0, num_repeats): SeededDataset seeds each copy's
+    augmentation differently, so the copies of an image are different views of it. Mid-epoch
+    resume (`set_epoch(epoch, start_batch=n)`) skips whole batches as the parent does.
+    """
+
+    def __init__(self, dataset, batch_size, num_replicas, rank, seed=0, num_repeats=3):
+        if num_repeats < 1:
+            raise ValueError(f'num_repeats {num_repeats} must be at least 1')
+        super().__init__(dataset, batch_size, num_replicas, rank, seed)
+        self.num_repeats = num_repeats
+
+    def epoch_indices(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        repeated = [(index, copy) for index in order for copy in range(self.num_repeats)]
+        per_rank = -(-len(repeated) // self.num_replicas)
+        repeated += repeated[:per_rank * self.num_replicas - len(repeated)]  # pad: every rank as long
+        return repeated[self.rank::self.num_replicas][:self.num_samples]
 
 
 class ExactDistributedSampler(Sampler):

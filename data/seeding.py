@@ -11,9 +11,14 @@ import torch
 from torch.utils.data import Dataset
 
 
-def sample_seed(seed, epoch, index):
-    """A 63-bit seed for one sample of one epoch (distinct for distinct (seed, epoch, index))."""
-    return ((seed * 1_000_003 + epoch) * 2_147_483_659 + index) % (2 ** 63)
+def sample_seed(seed, epoch, index, copy=0):
+    """A 63-bit seed for one sample of one epoch (distinct for distinct (seed, epoch, index)).
+
+    `copy` > 0 (repeated augmentation: the same image again in the same epoch) mixes in an odd
+    constant times the copy number, so each copy gets a seed of its own.
+    """
+    base = ((seed * 1_000_003 + epoch) * 2_147_483_659 + index) % (2 ** 63)
+    return base if copy == 0 else (base ^ (copy * 0x9E3779B97F4A7C15)) % (2 ** 63)
 
 
 class SeededDataset(Dataset):
@@ -38,7 +43,9 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        seed = sample_seed(self.seed, self.epoch, index)
+        """index: a sample index, or (index, copy) from RepeatedAugmentationSampler."""
+        index, copy = index if isinstance(index, tuple) else (index, 0)
+        seed = sample_seed(self.seed, self.epoch, index, copy)
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)

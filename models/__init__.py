@@ -9,8 +9,9 @@ MODEL_TYPES = ('pss_vit', 'vit')
 
 
 def build_model(config, num_classes=None):
-    """The network for config.MODEL.TYPE. 'vit' is the same network as 'pss_vit': baselines are
-    trained with the drop ratio at 0 and can still be evaluated at any keep rate."""
+    """The network for config.MODEL.TYPE, its parts (SimMIM / BEiT or plain ViT) from MODEL.VIT.
+    'vit' is the same network as 'pss_vit': baselines are trained with the drop ratio at 0 and can
+    still be evaluated at any keep rate."""
     if config.MODEL.TYPE not in MODEL_TYPES:
         raise ValueError(f"unknown model type '{config.MODEL.TYPE}'; valid: {', '.join(MODEL_TYPES)}")
     vit = config.MODEL.VIT
@@ -24,6 +25,7 @@ def build_model(config, num_classes=None):
         num_heads=vit.NUM_HEADS,
         mlp_ratio=vit.MLP_RATIO,
         qkv_bias=vit.QKV_BIAS,
+        full_qkv_bias=vit.FULL_QKV_BIAS,
         drop_rate=config.MODEL.DROP_RATE,
         drop_path_rate=config.MODEL.DROP_PATH_RATE,
         init_values=vit.INIT_VALUES,

@@ -3,7 +3,7 @@
 At drop ratio d > 0 the network keeps K = round((1 - d) * N) of its N tokens (CLS always, first),
 chosen once after the patch embedding, and runs every block on those K tokens only. Each block's
 relative position bias is looked up for the kept pairs, so kept tokens keep their true offsets.
-State-dict names follow SimMIM / BEiT checkpoints.
+State-dict names follow SimMIM / BEiT checkpoints (with a full qkv bias, timm's `attn.qkv.bias`).
 """
 import math
 
@@ -110,12 +110,14 @@ class Attention(nn.Module):
     # its flash kernel was slower than the explicit math even in eval (benchmarks/RESULTS.md).
     fused_attn = None
 
-    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, grid_size=None):
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, grid_size=None,
+                 full_qkv_bias=False):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        if qkv_bias:  # q and v get a bias, k does not (BEiT)
+        # full_qkv_bias: one bias for q, k and v, `qkv.bias` (timm ViT, DeiT, MAE)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias and full_qkv_bias)
+        if qkv_bias and not full_qkv_bias:  # q and v get a bias, k does not (BEiT, SimMIM)
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
         else:
@@ -134,7 +136,7 @@ class Attention(nn.Module):
         """x: [B, K, C]; kept_pairs: [B', K, K'] grid positions of the kept pairs (B' = 1 or B,
         see `kept_pair_index`); shared_bias: [heads, B', K, K'] or None."""
         B, K, C = x.shape
-        qkv_bias = None
+        qkv_bias = self.qkv.bias
         if self.q_bias is not None:
             qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, qkv_bias)
@@ -178,10 +180,10 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, init_values=None, grid_size=None):
+                 drop_path=0.0, init_values=None, grid_size=None, full_qkv_bias=False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, grid_size)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, grid_size, full_qkv_bias)
         self.drop_path_rate = drop_path  # stochastic depth: the probability of dropping a branch
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -213,6 +215,10 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT with optional absolute / relative position terms, layer scale and patch sampling.
 
+    The defaults are the SimMIM / BEiT fine-tuning ViT; the plain ViT of timm, DeiT and MAE is
+    `full_qkv_bias=True, init_values=None, use_abs_pos_emb=True` with CLS (`use_mean_pooling=False`)
+    or mean pooling.
+
     `set_patch_drop_ratio(d)` sets the fraction of tokens dropped in every later forward, in train
     and eval mode alike; d <= 0 runs the plain network.
     """
@@ -221,7 +227,7 @@ class VisionTransformer(nn.Module):
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, init_values=None, use_abs_pos_emb=False,
                  use_rel_pos_bias=False, use_shared_rel_pos_bias=False, use_mean_pooling=True,
-                 init_scale=0.001, use_checkpoint=False, patch_drop_func='magnitude'):
+                 init_scale=0.001, use_checkpoint=False, patch_drop_func='magnitude', full_qkv_bias=False):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = embed_dim
@@ -238,7 +244,7 @@ class VisionTransformer(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth rises linearly
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i],
-                  init_values, grid_size if use_rel_pos_bias else None)
+                  init_values, grid_size if use_rel_pos_bias else None, full_qkv_bias)
             for i in range(depth)])
         self.norm = nn.Identity() if use_mean_pooling else nn.LayerNorm(embed_dim, eps=1e-6)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_mean_pooling else None
