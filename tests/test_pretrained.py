@@ -2,7 +2,7 @@
 
 Small timm models (32 px, patch 8, width 32, 2 blocks) stand for timm's vit_base_patch16_224,
 deit_small_patch16_224 and beit_base_patch16_224: the same factories with the sizes overridden,
-random weights, no download. scripts/check_timm_equivalence.py runs the full-size check.
+random weights, no download. benchmarks/timm_equivalence.py runs the full-size check.
 """
 import functools
 import logging
