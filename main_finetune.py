@@ -49,7 +49,8 @@ def get_parser():
     parser.add_argument('--opts', default=None, nargs='+', help='override config options: KEY VALUE pairs')
     parser.add_argument('--batch-size', type=int, help='batch size per process')
     parser.add_argument('--data-path', type=str, help='dataset root with train/ and val/')
-    parser.add_argument('--pretrained', type=str, help='SimMIM / PSS checkpoint to initialise from')
+    parser.add_argument('--pretrained', type=str, help='checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, '
+                        'timm (.pth or .safetensors), or timm:<model_name>')
     parser.add_argument('--resume', help='checkpoint to resume from (or to evaluate with --eval)')
     parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step')
     parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')

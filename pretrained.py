@@ -16,7 +16,7 @@ from the keys (and from the `{'model': ...}` wrapper around them):
 | DeiT | wrapped, `attn.qkv.bias`, no `fc_norm` | none |
 | timm vision_transformer | bare, `attn.qkv.bias`, or `timm:<name>` | `ls1.gamma`, `ls2.gamma` to `gamma_1`, `gamma_2` |
 | BEiT (unilm) | wrapped, `attn.q_bias` | `lm_head.*` and `mask_token` dropped |
-| PSS / SimMIM fine-tuned | wrapped with a `config` | none |
+| PSS / SimMIM fine-tuned | wrapped with a `config` (either family) | none |
 | timm beit | bare, `attn.q_bias`, or `timm:<name>` | none |
 
 `.safetensors` files are read with the safetensors library (no pickle at all). `timm:<model_name>`
@@ -66,7 +66,7 @@ def timm_state_dict(model_name, **create_kwargs):
                               f'({type(e).__name__}: {reason}); timm downloads them from the Hugging Face '
                               'Hub, which needs internet') from e
     for cls, kind in ((VisionTransformer, 'vision_transformer'), (Beit, 'beit')):
-        if type(model) is cls:
+        if isinstance(model, cls):  # VisionTransformerDistilled too: its distillation token is dropped
             return model.state_dict(), kind
     raise CheckpointError(f"timm model '{model_name}' is a {type(model).__name__}; timm:<name> takes "
                           'vision_transformer and beit models')
@@ -126,19 +126,14 @@ def _convert(state_dict, wrapper, source, path):
             sd['pos_embed'] = torch.cat([sd['pos_embed'][:, :1], sd['pos_embed'][:, 2:]], dim=1)
             dropped.append('pos_embed[:, 1] (the distillation token)')
         fmt = 'DeiT (distilled)'
-    elif full_qkv_bias:
-        if source:
-            fmt = source
-        elif wrapper is None:
-            fmt = 'timm vision_transformer'
-        else:
-            fmt = 'MAE fine-tuned' if 'fc_norm.weight' in sd else 'DeiT'
     elif source:
         fmt = source
     elif wrapper is None:
-        fmt = 'timm beit'
-    elif 'config' in wrapper:
+        fmt = 'timm vision_transformer' if full_qkv_bias else 'timm beit'
+    elif 'config' in wrapper:  # our training checkpoints (and SimMIM's) store their config
         fmt = 'PSS / SimMIM fine-tuned'
+    elif full_qkv_bias:
+        fmt = 'MAE fine-tuned' if 'fc_norm.weight' in sd else 'DeiT'
     else:
         _drop(sd, dropped, lambda k: k.startswith('lm_head.') or k == 'mask_token')
         fmt = 'BEiT (unilm)'

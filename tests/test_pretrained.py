@@ -240,3 +240,13 @@ def test_layer_scale_is_converted_from_timms_names(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (model(images) - reference(images)).abs().max() < 1e-5
+
+
+def test_our_own_checkpoint_of_the_plain_vit_family(tmp_path, caplog):
+    source = our_model('configs/deit-s/magnitude_cyclic_80_0.yaml')  # absolute and relative position terms
+    torch.save({'model': source.state_dict(), 'config': 'MODEL: {}', 'epoch': 3}, tmp_path / 'checkpoint.pth')
+    model = our_model('configs/deit-s/magnitude_cyclic_80_0.yaml')
+    with caplog.at_level(logging.INFO, logger='test_pretrained'):
+        assert load_pretrained(str(tmp_path / 'checkpoint.pth'), model, LOGGER) == ([], [])
+    assert 'recognised the format: PSS / SimMIM fine-tuned' in caplog.text
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
