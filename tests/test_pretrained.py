@@ -250,3 +250,12 @@ def test_our_own_checkpoint_of_the_plain_vit_family(tmp_path, caplog):
         assert load_pretrained(str(tmp_path / 'checkpoint.pth'), model, LOGGER) == ([], [])
     assert 'recognised the format: PSS / SimMIM fine-tuned' in caplog.text
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_position_embedding_resized_to_another_grid(tmp_path):
+    from checkpoint import resize_pos_embed
+    source = timm_model('deit_small_patch16_224', img_size=24)  # a 3x3 grid; ours is 4x4
+    path = save(source.state_dict(), tmp_path / 'deit_24.safetensors')
+    model = our_model(ARCHITECTURES['deit_small_patch16_224'])
+    assert load_pretrained(path, model, LOGGER) == ([], [])
+    assert torch.equal(model.pos_embed, resize_pos_embed(source.pos_embed, (3, 3), (4, 4)))

@@ -113,3 +113,11 @@ def test_a_checkpoint_of_another_family_stops_before_anything_is_written(data, t
     expect_error(capsys, out, run_args(DEIT, data, out, extra=['--pretrained', path]),
                  f"checkpoint '{path}' is timm beit (q and v biases, layer scale", 'MODEL.VIT.FULL_QKV_BIAS False')
     assert os.listdir(out) == []
+
+
+def test_settings_that_cannot_work_are_refused():
+    from config import ConfigError
+    with pytest.raises(ConfigError, match='FULL_QKV_BIAS True needs MODEL.VIT.QKV_BIAS True'):
+        load(DEIT, ['MODEL.VIT.QKV_BIAS', 'False'])
+    with pytest.raises(ConfigError, match='AUG.NUM_REPEATS = 0 must be at least 1'):
+        load(DEIT, ['AUG.NUM_REPEATS', '0'])
