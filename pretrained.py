@@ -15,6 +15,7 @@ from the keys (and from the `{'model': ...}` wrapper around them):
 | MAE fine-tuned | wrapped, `attn.qkv.bias`, `fc_norm` | none (timm's ViT names) |
 | DeiT | wrapped, `attn.qkv.bias`, no `fc_norm` | none |
 | timm vision_transformer | bare, `attn.qkv.bias`, or `timm:<name>` | `ls1.gamma`, `ls2.gamma` to `gamma_1`, `gamma_2` |
+| (any, `pos_embed` without a CLS row) | patch rows a square number | a zero CLS row prepended |
 | BEiT (unilm) | wrapped, `attn.q_bias` | `lm_head.*` and `mask_token` dropped |
 | PSS / SimMIM fine-tuned | wrapped with a `config` (either family) | none |
 | timm beit | bare, `attn.q_bias`, or `timm:<name>` | none |
@@ -22,6 +23,7 @@ from the keys (and from the `{'model': ...}` wrapper around them):
 `.safetensors` files are read with the safetensors library (no pickle at all). `timm:<model_name>`
 asks timm for its pretrained weights (a download from the Hugging Face Hub, so it needs internet).
 """
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,10 +41,12 @@ _FOREIGN_PARTS = re.compile(r'^(norm_pre\.|reg_token|attn_pool\.)|\.(q_norm|k_no
 
 @dataclass
 class Pretrained:
-    """A checkpoint's weights in our names, the format recognised, and what was dropped from it."""
+    """A checkpoint's weights in our names, the format recognised, what was dropped from it, and
+    what else was converted (one line each)."""
     state_dict: dict
     format: str
     dropped: list = field(default_factory=list)
+    converted: list = field(default_factory=list)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -139,7 +143,13 @@ def _convert(state_dict, wrapper, source, path):
         fmt = 'BEiT (unilm)'
     # timm's ViT layer scale is a module of its own; ours (BEiT's) is a parameter of the block.
     sd = {re.sub(r'^(blocks\.\d+)\.ls([12])\.gamma$', r'\1.gamma_\2', k): v for k, v in sd.items()}
-    return Pretrained(sd, fmt, dropped)
+    converted = []
+    pos = sd.get('pos_embed')
+    if pos is not None and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]:
+        # Patch rows only (timm's no_embed_class: DeiT III, ...): CLS gets no position, a zero row.
+        sd['pos_embed'] = torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1)
+        converted.append('pos_embed has no CLS row (no_embed_class): a zero row added for CLS')
+    return Pretrained(sd, fmt, dropped, converted)
 
 
 def read_pretrained(spec, trusted=False):
@@ -209,4 +219,4 @@ def format_report(weights):
         more = f' (+{len(weights.dropped) - _FIRST_KEYS} more)' if len(weights.dropped) > _FIRST_KEYS else ''
         lines.append(f'dropped {len(weights.dropped)} keys not used for fine-tuning: '
                      f"{', '.join(weights.dropped[:_FIRST_KEYS])}{more}")
-    return lines
+    return lines + weights.converted

@@ -1,4 +1,4 @@
-"""The SimMIM / BEiT fine-tuning ViT with patch sampling (PSS).
+"""The SimMIM / BEiT fine-tuning ViT, or the plain ViT of timm / DeiT / MAE, with patch sampling (PSS).
 
 At drop ratio d > 0 the network keeps K = round((1 - d) * N) of its N tokens (CLS always, first),
 chosen once after the patch embedding, and runs every block on those K tokens only. Each block's

@@ -259,3 +259,16 @@ def test_position_embedding_resized_to_another_grid(tmp_path):
     model = our_model(ARCHITECTURES['deit_small_patch16_224'])
     assert load_pretrained(path, model, LOGGER) == ([], [])
     assert torch.equal(model.pos_embed, resize_pos_embed(source.pos_embed, (3, 3), (4, 4)))
+
+
+def test_position_embedding_without_a_cls_row(tmp_path, caplog):
+    reference = timm_model('deit3_small_patch16_224')  # no_embed_class: positions for the patches only
+    assert reference.pos_embed.shape[1] == 16
+    path = save(reference.state_dict(), tmp_path / 'deit3.safetensors')
+    model = our_model(ARCHITECTURES['deit_small_patch16_224'], ['MODEL.VIT.INIT_VALUES', '1e-5'])
+    with caplog.at_level(logging.INFO, logger='test_pretrained'):
+        assert load_pretrained(path, model, LOGGER) == ([], [])
+    assert 'a zero row added for CLS' in caplog.text
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(images) - reference(images)).abs().max() < 1e-5
