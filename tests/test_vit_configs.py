@@ -108,7 +108,7 @@ def test_the_other_configs_train_a_few_steps(data, tmp_path, cfg):
     assert len(read_jsonl(os.path.join(run_dir, 'train_log.json'))) == 6
 
 
-def test_a_checkpoint_of_another_family_stops_before_anything_is_written(data, tmp_path, capsys):
+def test_another_family_or_an_unknown_file_stops_before_anything_is_written(data, tmp_path, capsys):
     beit = timm.create_model('beit_base_patch16_224', pretrained=False, img_size=16, patch_size=4, embed_dim=16,
                              depth=2, num_heads=2, num_classes=3)
     path = str(tmp_path / 'beit.safetensors')
@@ -117,6 +117,10 @@ def test_a_checkpoint_of_another_family_stops_before_anything_is_written(data, t
     out.mkdir()
     expect_error(capsys, out, run_args(DEIT, data, out, extra=['--pretrained', path]),
                  f"checkpoint '{path}' is timm beit (q and v biases, layer scale", 'MODEL.VIT.FULL_QKV_BIAS False')
+    resnet = str(tmp_path / 'resnet.pth')
+    torch.save({'model': timm.create_model('resnet18', pretrained=False).state_dict()}, resnet)
+    expect_error(capsys, out, run_args(DEIT, data, out, extra=['--pretrained', resnet]),
+                 f"checkpoint '{resnet}' is not a ViT checkpoint", 'its first keys: conv1.weight, bn1.weight')
     assert os.listdir(out) == []
 
 
