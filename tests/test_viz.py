@@ -28,7 +28,9 @@ def write_jsonl(path, records):
 
 
 def train_record(epoch, iteration, loss=2.0, time=0.3, drop=0.0):
-    return {'epoch': epoch, 'iteration': iteration, 'loss': loss, 'lr': 1e-3, 'time': time, 'cpu_time': 0.01,
+    """A line of the current format; `loss` stands in for both the running mean and the step's loss."""
+    return {'epoch': epoch, 'iteration': iteration, 'loss': loss, 'step_loss': loss, 'lr': 1e-3, 'time': time,
+            'cpu_time': 0.01,
             'gpu_time': time - 0.01, 'memory': 1234.5, 'patch_drop_ratio': drop}
 
 
@@ -46,7 +48,8 @@ def make_run(root, name, schedule='cyclic', seed=0):
         train.append(train_record(i // ITERS, i, 2.5 - i / 40 + rng.normal(0, 0.1), time, drop))
     write_jsonl(run / 'train_log.json', train)
     write_jsonl(run / 'val_log.json', [{'epoch': e, 'loss': 1.5 - 0.2 * e, 'acc1': 50 + 10 * e + seed,
-                                        'acc5': 80 + 5 * e, 'time': 4.0, 'memory': 900.0} for e in range(EPOCHS)])
+                                        'acc5': 80 + 5 * e, 'time': 0.5, 'total_time': 4.0, 'memory': 900.0}
+                                       for e in range(EPOCHS)])
     write_jsonl(run / 'sweep_drop.json', [
         {'drop_ratio': d, 'acc1': 70 - 40 * d ** 2 + seed, 'acc5': 90 - 20 * d ** 2, 'loss': 1 + d, 'time': 3.0,
          'throughput': 1000 / (1.1 - d), 'model_throughput': 1500 / (1.1 - d), 'num_tokens': round((1 - d) * 65)}
@@ -74,7 +77,7 @@ def make_run(root, name, schedule='cyclic', seed=0):
         'class_to_idx': {f'class_{i}': i for i in range(num_classes)}, 'patch_size': 4}))
     (run / 'patch_distribution.json').write_text(json.dumps({
         'drop_ratios': list(DROP_RATIOS),
-        'counts': [rng.binomial(50, 1 - d, size=(8, 8)).tolist() for d in DROP_RATIOS],
+        'counts': [rng.binomial(50, 1 - d, size=64).tolist() for d in DROP_RATIOS],  # flat, row-major
         'grid_shape': [8, 8], 'num_images': 50}))
     return run
 
@@ -196,7 +199,7 @@ def test_read_sweep_and_json_errors(runs, tmp_path):
 # -----------------------------------------------------------------------------
 def test_epoch_end_hours_adds_training_and_validation_time():
     train = {'epoch': np.array([0, 0, 1, 1]), 'time': np.full(4, 1800.0)}
-    val = {'epoch': np.array([0, 1]), 'time': np.array([360.0, 360.0]), 'line': np.array([1, 2])}
+    val = {'epoch': np.array([0, 1]), 'total_time': np.array([360.0, 360.0]), 'line': np.array([1, 2])}
     assert epoch_end_hours(train, val).tolist() == pytest.approx([1.1, 2.2])
     with pytest.raises(VizInputError, match='line 1: epoch 0 has no training iterations'):
         epoch_end_hours({'epoch': np.array([1, 1]), 'time': np.ones(2)}, val, 'val_log.json')
@@ -347,12 +350,28 @@ def test_patch_distribution_fractions(runs):
     data = json.loads((runs['cyclic_s0'] / 'patch_distribution.json').read_text())
     drop_ratios, fractions = kept_fractions(data)
     assert drop_ratios.tolist() == list(DROP_RATIOS)
-    assert np.allclose(fractions, np.asarray(data['counts']) / 50)
+    flat = np.asarray(data['counts'])  # the original's form: position p is row p // 8, column p % 8
+    assert fractions.shape == (5, 8, 8)
+    assert fractions[:, 2, 5].tolist() == (flat[:, 2 * 8 + 5] / 50).tolist()
+    assert np.array_equal(fractions, flat.reshape(5, 8, 8) / 50)
+    # this project's earlier form, one [grid_h][grid_w] grid per ratio, reads the same
+    _, from_grids = kept_fractions({**data, 'counts': flat.reshape(5, 8, 8).tolist()})
+    assert np.array_equal(from_grids, fractions)
     grid = np.arange(16, dtype=float).reshape(4, 4)
     assert centre_and_corners(grid) == (7.5, 7.5)  # centre 5, 6, 9, 10; corners 0, 3, 12, 15
-    with pytest.raises(VizInputError, match=r"'counts' has shape \[5, 8, 8\]; expected \[5 drop ratios\] \+ "
-                                            r"grid_shape \[4, 4\]"):
+    with pytest.raises(VizInputError, match=r"'counts' has shape \[5, 64\]; expected \[5 drop ratios, "
+                                            r"grid_h \* grid_w\] for grid_shape \[4, 4\]"):
         kept_fractions({**data, 'grid_shape': [4, 4]}, 'x.json')
+
+
+def test_patch_distribution_figure_leaves_out_rho_1(runs):
+    """As the original's figure: drop ratio 0.0 (every image keeps every position) gets no panel."""
+    from viz.patch_distribution import plot_patch_distribution
+
+    data = json.loads((runs['cyclic_s0'] / 'patch_distribution.json').read_text())
+    fig = plot_patch_distribution(data)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ['ρ = 0.8', 'ρ = 0.6', 'ρ = 0.4', 'ρ = 0.2']
 
 
 # -----------------------------------------------------------------------------
