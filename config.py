@@ -6,6 +6,8 @@ The keys are those of the SimMIM / PSS research code, so existing YAML files loa
 Note that the patch scheduler stores *drop* ratios (1 - rho), as the original configs do.
 """
 import difflib
+import json
+import math
 import os
 
 import yaml
@@ -330,6 +332,23 @@ def with_values(config, values):
         node[leaf] = value
     config.freeze()
     return config
+
+
+def config_json(config):
+    """`config` as JSON text (sorted keys, indented) that YAML readers read the same: every float keeps
+    a decimal point (5.0e-06, where json.dumps writes 5e-06, which YAML 1.1 takes for a string)."""
+    def text(value, indent):
+        inner = indent + '  '
+        if isinstance(value, dict):
+            items = [f'{inner}{json.dumps(str(k))}: {text(v, inner)}' for k, v in sorted(value.items())]
+            return '{\n' + ',\n'.join(items) + '\n' + indent + '}' if items else '{}'
+        if isinstance(value, (list, tuple)):
+            return '[' + ', '.join(text(v, inner) for v in value) + ']'
+        if isinstance(value, float) and math.isfinite(value):
+            mantissa, e, exponent = repr(value).partition('e')
+            return mantissa + ('' if '.' in mantissa else '.0') + e + exponent
+        return json.dumps(value)
+    return text(config, '') + '\n'
 
 
 def get_default_config():

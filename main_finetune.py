@@ -29,7 +29,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
                         load_model_weights, load_pretrained, prune_checkpoints, save_checkpoint)
-from config import ConfigError, get_config, with_values
+from config import ConfigError, config_json, get_config, with_values
 from data import DataError, build_loader, build_val_loader, set_train_epoch
 from engine import AverageMeter, NonFiniteLossError, evaluate, throughput, train_one_epoch
 from logger import create_logger
@@ -148,7 +148,7 @@ def original_config_json(config, world_size):
     JSON, which YAML readers of the original's file (YAML text under that name) also read."""
     base_lr, warmup_lr, min_lr = scaled_lrs(config, world_size)
     used = with_values(config, {'TRAIN.BASE_LR': base_lr, 'TRAIN.WARMUP_LR': warmup_lr, 'TRAIN.MIN_LR': min_lr})
-    return json.dumps(used, indent=2, sort_keys=True) + '\n'
+    return config_json(used)
 
 
 def training_state(path, state, model):
@@ -245,6 +245,7 @@ def main(config, stop=None):
     checkpoint_path, state = select_resume_checkpoint(config, model, logger)
     start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
     epoch_loss = AverageMeter()  # the running mean of this epoch's step losses (train_log.json `loss`)
+    resume_notes = []  # logged once the run's log file exists
     if state is not None:
         model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {checkpoint_path}')
@@ -253,7 +254,7 @@ def main(config, stop=None):
             start_step = state.get('step_in_epoch', 0)
             start_epoch = state['epoch'] + (0 if start_step else 1)
             # also the original's checkpoints (another optimizer layout, no scheduler states we can use)
-            resume_optimizer(optimizer, lr_scheduler, state, start_epoch * steps_per_epoch + start_step, logger)
+            resume_notes = resume_optimizer(optimizer, lr_scheduler, state, start_epoch * steps_per_epoch + start_step)
             if 'scaler' in state:
                 scaler.load_state_dict(state['scaler'])
             if start_step and 'epoch_loss' in state:
@@ -285,6 +286,8 @@ def main(config, stop=None):
         truncate_logs(config.OUTPUT, start_epoch * steps_per_epoch + start_step, start_epoch)
     logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
                 if state is not None else f'output folder {config.OUTPUT}')
+    for level, note in resume_notes:
+        logger.log(level, note)
     train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
     val_log = open(os.path.join(config.OUTPUT, 'val_log.json'), 'a') if rank == 0 else None
 

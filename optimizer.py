@@ -14,6 +14,8 @@ The groups are named `layer_<id>_<decay|no_decay>` and created in order of first
 `main_finetune.py` has the same layout. `load_optimizer_state` also maps a state saved with another
 layout (this project's older checkpoints) onto the parameters by name.
 """
+import logging
+
 import torch
 
 from lr_scheduler import scaled_lrs
@@ -163,28 +165,32 @@ def load_optimizer_state(optimizer, saved):
     return 'by name' if named else 'original'
 
 
-def resume_optimizer(optimizer, lr_scheduler, state, num_updates, logger):
+def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
     """Restore the optimizer and the LR scheduler from the training checkpoint `state` (a dict with
     'optimizer' and, from this project, 'lr_scheduler') so that update `num_updates` comes next.
+    Returns [(logging level, message)] saying what was done, for the run's log.
 
-    Never raises: a state that cannot be used is reported as a warning and training continues from
-    a fresh optimizer. The original's timm scheduler state is not loaded (timm changed its fields,
-    and the LR is a pure function of the update anyway); every group's LR is set from the schedule.
+    Never raises: a state that cannot be used gives a warning and training continues from a fresh
+    optimizer. The original's timm scheduler state is not loaded (timm changed its fields, and the
+    LR is a pure function of the update anyway); every group's LR is set from the schedule.
     """
+    notes = []
     try:
         how = load_optimizer_state(optimizer, state['optimizer'])
     except OptimizerStateError as e:
         how = 'fresh'
-        logger.warning(f'the optimizer state of the checkpoint cannot be used ({e}): starting from a fresh '
-                       'optimizer (AdamW moments reset)')
+        notes.append((logging.WARNING, f'the optimizer state of the checkpoint cannot be used ({e}): starting '
+                                       'from a fresh optimizer (AdamW moments reset)'))
     if how == 'by name':
-        logger.info('optimizer state saved with another parameter-group order: mapped by parameter name')
+        notes.append((logging.INFO, 'optimizer state saved with another parameter-group order: mapped by '
+                                    'parameter name'))
     if how == 'original':
-        logger.info("optimizer state of the original code: mapped through its parameter-group layout; the LR "
-                    'schedule is recomputed from the config')
+        notes.append((logging.INFO, 'optimizer state of the original code: mapped through its parameter-group '
+                                    'layout; the LR schedule is recomputed from the config'))
     if how in ('exact', 'by name') and isinstance(state.get('lr_scheduler'), dict):
         lr_scheduler.load_state_dict(state['lr_scheduler'])
     lr_scheduler.step_update(num_updates)  # the LR of the next update (what the saved groups held)
     if 'amp' in state:
-        logger.info("the checkpoint's apex 'amp' state is not used: native mixed precision starts its "
-                    'grad scaler afresh')
+        notes.append((logging.INFO, "the checkpoint's apex 'amp' state is not used: native mixed precision "
+                                    'starts its grad scaler afresh'))
+    return notes
