@@ -472,3 +472,65 @@ def test_long_train_log(tmp_path):
     assert_png(out, fig)
     # downsampled: a drawn curve holds about MAX_POINTS points, not 250,200
     assert len(fig.axes[0].lines[0].get_xdata()) <= 2001
+
+
+# -----------------------------------------------------------------------------
+# Logs written with the old meanings
+# -----------------------------------------------------------------------------
+STEP_LOSSES = [2.0, 1.0, 3.0, 1.5, 0.5, 1.0]  # epochs 0, 0, 0, 1, 1, 1
+RUNNING_MEANS = [2.0, 1.5, 2.0, 1.5, 1.0, 1.0]  # by hand: the mean of each epoch's losses so far
+
+
+def old_train_lines(losses):
+    return [{**train_record(i // 3, i, losses[i]), 'step_loss': None} for i in range(6)]
+
+
+def write_log(folder, name, records):
+    folder.mkdir(exist_ok=True)
+    write_jsonl(folder / name, [{k: v for k, v in r.items() if v is not None} for r in records])
+    return str(folder / name)
+
+
+def test_logs_of_every_format_read_with_the_originals_meanings(tmp_path):
+    from viz.common import epoch_running_mean, step_losses_from_running_mean
+
+    epochs = np.array([0, 0, 0, 1, 1, 1])
+    assert epoch_running_mean(epochs, STEP_LOSSES).tolist() == RUNNING_MEANS
+    assert step_losses_from_running_mean(epochs, RUNNING_MEANS).tolist() == pytest.approx(STEP_LOSSES)
+
+    # the current format: both fields as written
+    new = write_log(tmp_path / 'new', 'train_log.json',
+                    [{**train_record(i // 3, i, RUNNING_MEANS[i]), 'step_loss': STEP_LOSSES[i]} for i in range(6)])
+    log = read_train_log(new, ('loss',))
+    assert log['loss'].tolist() == RUNNING_MEANS and log['step_loss'].tolist() == STEP_LOSSES
+
+    # this project's logs before the rename (results/runs): `loss` was the step's loss
+    ours = write_log(tmp_path / 'ours', 'train_log.json', old_train_lines(STEP_LOSSES))
+    (tmp_path / 'ours' / 'config.yaml').write_text('SEED: 0\n')
+    log = read_train_log(ours, ('step_loss',))
+    assert log['step_loss'].tolist() == STEP_LOSSES and log['loss'].tolist() == RUNNING_MEANS
+
+    # the original's logs (its run folder has config.json, no config.yaml): `loss` is the running mean
+    original = write_log(tmp_path / 'original', 'train_log.json', old_train_lines(RUNNING_MEANS))
+    (tmp_path / 'original' / 'config.json').write_text('MODEL:\n  NAME: fracpatch\n')  # YAML text, as it wrote
+    log = read_train_log(original, ('step_loss',))
+    assert log['step_loss'].tolist() == pytest.approx(STEP_LOSSES) and log['loss'].tolist() == RUNNING_MEANS
+
+    val = [{'epoch': e, 'loss': 1.0, 'acc1': 50.0, 'acc5': 90.0, 'time': 0.25, 'total_time': 10.0, 'memory': 1.0}
+           for e in range(2)]
+    log = read_val_log(write_log(tmp_path / 'new', 'val_log.json', val), ('time',))
+    assert log['time'].tolist() == [0.25, 0.25] and log['total_time'].tolist() == [10.0, 10.0]
+    old_val = [{**r, 'total_time': None, 'time': 10.0} for r in val]  # our `time` was the whole pass
+    log = read_val_log(write_log(tmp_path / 'ours', 'val_log.json', old_val), ('total_time',))
+    assert log['total_time'].tolist() == [10.0, 10.0] and np.isnan(log['time']).all()
+    original_val = [{**r, 'total_time': None} for r in val]  # the original's `time`: mean per batch
+    log = read_val_log(write_log(tmp_path / 'original', 'val_log.json', original_val), ('total_time',))
+    assert log['time'].tolist() == [0.25, 0.25] and np.isnan(log['total_time']).all()
+    # wall-clock axes then leave the unrecorded validation time out
+    train = read_train_log(original)
+    assert epoch_end_hours(train, log).tolist() == pytest.approx([0.9 / 3600, 1.8 / 3600])
+
+    mixed = write_log(tmp_path / 'mixed', 'train_log.json',
+                      [{**train_record(0, i, 1.0), **({'step_loss': None} if i else {})} for i in range(2)])
+    with pytest.raises(VizInputError, match="line 2: missing field 'step_loss'"):
+        read_train_log(mixed)
