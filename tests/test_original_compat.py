@@ -30,8 +30,6 @@ from patch_scheduler import patch_drop_ratio_at
 from tests.helpers import make_image_folder
 from tests.test_finetune import TINY, launch, read_jsonl, train_args
 
-pytestmark = pytest.mark.slow
-
 EPOCHS, STEPS, BATCH = 2, 6, 4  # 24 training images in batches of 4
 NUM_VAL, VAL_BATCHES = 7, 2  # 3 + 3 + 1 validation images: a full and a partial batch
 NUM_CLASSES, GRID, NUM_TOKENS = 3, 4, 17  # 16 px images, 4 px patches, CLS counted
@@ -63,6 +61,7 @@ def is_number(value):
     return type(value) in (int, float)
 
 
+@pytest.mark.slow
 def test_train_log_fields_and_meanings(tiny_run):
     run_dir, _ = tiny_run
     train = read_jsonl(run_dir / 'train_log.json')
@@ -84,6 +83,7 @@ def test_train_log_fields_and_meanings(tiny_run):
     assert any(r['loss'] != r['step_loss'] for r in train)  # not the same field twice
 
 
+@pytest.mark.slow
 def test_val_log_fields_and_meanings(tiny_run):
     run_dir, experiments = tiny_run
     val = read_jsonl(run_dir / 'val_log.json')
@@ -102,6 +102,7 @@ def test_val_log_fields_and_meanings(tiny_run):
         assert val[-1][field] == pytest.approx(sweep[0.0][field], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_config_json_is_the_config_the_run_used(tiny_run):
     run_dir, _ = tiny_run
     with open(run_dir / 'config.json') as f:
@@ -127,6 +128,7 @@ def test_config_json_is_the_config_the_run_used(tiny_run):
     assert saved['MODEL']['VIT']['DEPTH'] == 2 and saved['DATA']['IMG_SIZE'] == 16
 
 
+@pytest.mark.slow
 def test_sweep_drop_json_fields(tiny_run):
     _, experiments = tiny_run
     sweep = read_jsonl(experiments / 'sweep_drop.json')
@@ -137,6 +139,7 @@ def test_sweep_drop_json_fields(tiny_run):
         assert r['throughput'] == pytest.approx(NUM_VAL / r['time'])  # images / s of the whole pass
 
 
+@pytest.mark.slow
 def test_image_patches_json_fields(tiny_run):
     _, experiments = tiny_run
     with open(experiments / 'image_patches.json') as f:
@@ -158,6 +161,7 @@ def test_image_patches_json_fields(tiny_run):
         assert np.asarray(logits).shape == (num_images, NUM_CLASSES)
 
 
+@pytest.mark.slow
 def test_patch_distribution_json_is_the_originals_form(tiny_run):
     _, experiments = tiny_run
     with open(experiments / 'patch_distribution.json') as f:
@@ -245,6 +249,7 @@ def train_config():
     return get_config(argparse.Namespace(cfg=CFG, opts=opts, batch_size=BATCH))
 
 
+@pytest.mark.slow
 def test_resume_from_an_original_checkpoint(dataset, tmp_path):
     checkpoint = tmp_path / 'ckpt_epoch_0.pth'
     write_original_checkpoint(checkpoint)
@@ -277,6 +282,7 @@ def test_resume_from_an_original_checkpoint(dataset, tmp_path):
     assert {float(v['step']) for v in state['optimizer']['state'].values()} == {2.0 * STEPS}
 
 
+@pytest.mark.slow
 def test_resume_with_an_unusable_optimizer_state_warns_and_trains_on(dataset, tmp_path):
     checkpoint = tmp_path / 'ckpt_epoch_0.pth'
     write_original_checkpoint(checkpoint, steps=1)
@@ -291,3 +297,21 @@ def test_resume_with_an_unusable_optimizer_state_warns_and_trains_on(dataset, tm
     final = torch.load(out / 'demo' / 'magnitude_cyclic' / 'checkpoint.pth', map_location='cpu', weights_only=True)
     assert {float(v['step']) for v in final['optimizer']['state'].values()} == {float(STEPS)}
     assert os.path.exists(out / 'demo' / 'magnitude_cyclic' / 'val_log.json')
+
+
+def test_readme_lists_the_differences_from_the_original():
+    """The section sits just before ## Layout and names every deliberate change the issue lists."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')) as f:
+        readme = f.read()
+    sections = [line for line in readme.splitlines() if line.startswith('## ')]
+    assert sections[sections.index('## Layout') - 1] == '## Differences from the original code'
+    section = readme.split('## Differences from the original code')[1].split('## Layout')[0]
+    for phrase in ('logged `patch_drop_ratio` is the one the step used', 'two iterations ahead',
+                   'first\n  iteration with all patches', 'During cooldown every schedule keeps all patches',
+                   "`image_patches.py` follows the config's selection rule", 'Default images',
+                   '`checkpoint.pth` is written after every epoch', 'config is stored as YAML text',
+                   "text log's line format", '`step_loss`', '`total_time`', '`config.json` is JSON',
+                   'NUM_CLASSES'):
+        assert phrase in section, phrase
+    bullets = [line for line in section.splitlines() if line.startswith('- **')]
+    assert len(bullets) >= 10
