@@ -155,6 +155,8 @@ def training_state(path, state, model):
     """Check that `state` (read from `path`) is a training checkpoint for `model`."""
     if not isinstance(state, dict) or 'model' not in state:
         raise CheckpointError(f"checkpoint '{path}' holds no 'model' state dict: not a training checkpoint")
+    if 'optimizer' in state and (isinstance(state.get('epoch'), bool) or not isinstance(state.get('epoch'), int)):
+        raise CheckpointError(f"checkpoint '{path}' holds an optimizer state but no integer 'epoch'")
     check_state_dict(model, state['model'], path)
     return state
 

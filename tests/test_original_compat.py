@@ -79,6 +79,10 @@ def test_train_log_fields_and_meanings(tiny_run):
         assert record['lr'] > 0 and record['time'] > 0 and record['cpu_time'] >= 0 and record['memory'] > 0
         assert record['gpu_time'] == pytest.approx(record['time'] - record['cpu_time'])
         assert record['patch_drop_ratio'] == patch_drop_ratio_at(i, *SCHEDULE, STEPS, EPOCHS)
+    # `lr`: the step's own, of the head's group (lr_scale 1), from the config's schedule
+    config = train_config()
+    scheduler = build_scheduler(config, build_optimizer(config, build_model(config)), STEPS, world_size=1)
+    assert [r['lr'] for r in train] == pytest.approx([lr_at(scheduler, i) for i in range(len(train))], rel=1e-9)
     assert train[0]['loss'] == train[0]['step_loss'] and train[STEPS]['loss'] == train[STEPS]['step_loss']
     assert any(r['loss'] != r['step_loss'] for r in train)  # not the same field twice
 
