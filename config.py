@@ -6,6 +6,8 @@ The keys are those of the SimMIM / PSS research code, so existing YAML files loa
 Note that the patch scheduler stores *drop* ratios (1 - rho), as the original configs do.
 """
 import difflib
+import json
+import math
 import os
 
 import yaml
@@ -158,10 +160,37 @@ def _all_keys(node, prefix=''):
             yield from _all_keys(value, full + '.')
 
 
+def _int_as_float(value, default):
+    """`value` with ints turned into floats where `default` (the key's current value) is a float, or a
+    list / tuple of floats: YAML reads `MLP_RATIO: 4` as an int, and the original's defaults held ints
+    (MLP_RATIO 4) where ours hold floats; yacs itself accepts no int for a float."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(default, float) and is_int(value):
+        return float(value)
+    if isinstance(default, (list, tuple)) and default and all(isinstance(d, float) for d in default) \
+            and isinstance(value, (list, tuple)):
+        return type(value)(float(v) if is_int(v) else v for v in value)
+    return value
+
+
+def _coerce_ints(config, data):
+    """`data` (nested dicts from a YAML file) with _int_as_float applied against `config`'s values."""
+    coerced = {}
+    for key, value in data.items():
+        default = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict) and isinstance(default, dict):
+            coerced[key] = _coerce_ints(default, value)
+        else:
+            coerced[key] = _int_as_float(value, default)
+    return coerced
+
+
 def _merge(config, other, source):
     """Merge `other` (a CfgNode) into `config`, turning yacs errors into ConfigError."""
     try:
-        config.merge_from_other_cfg(other)
+        config.merge_from_other_cfg(CN(_coerce_ints(config, other)))
     except KeyError as e:
         # yacs says "Non-existent config key: X.Y"; name the closest valid key too.
         key = str(e).strip('"\'').split(':')[-1].strip()
@@ -209,6 +238,10 @@ def _merge_opts(config, opts):
     if len(opts) % 2:
         raise ConfigError(f'--opts takes KEY VALUE pairs, got an odd number of items: {opts}')
     for key, value in zip(opts[0::2], opts[1::2]):
+        node = config
+        for part in key.split('.'):
+            node = node.get(part) if isinstance(node, dict) else None
+        value = _int_as_float(CN._decode_cfg_value(value), node)  # the literal yacs would parse
         try:
             config.merge_from_list([key, value])
         except AssertionError:
@@ -291,6 +324,38 @@ def update_config(config, args):
     config.OUTPUT = os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
     validate_config(config)
     config.freeze()
+
+
+def with_values(config, values):
+    """A frozen copy of `config` with {dotted key: value} set: values resolved at run time, such as
+    MODEL.NUM_CLASSES from the dataset's class folders, so the saved config says what was built."""
+    config = config.clone()
+    config.defrost()
+    for key, value in values.items():
+        node = config
+        *parents, leaf = key.split('.')
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    config.freeze()
+    return config
+
+
+def config_json(config):
+    """`config` as JSON text (sorted keys, indented) that YAML readers read the same: every float keeps
+    a decimal point (5.0e-06, where json.dumps writes 5e-06, which YAML 1.1 takes for a string)."""
+    def text(value, indent):
+        inner = indent + '  '
+        if isinstance(value, dict):
+            items = [f'{inner}{json.dumps(str(k))}: {text(v, inner)}' for k, v in sorted(value.items())]
+            return '{\n' + ',\n'.join(items) + '\n' + indent + '}' if items else '{}'
+        if isinstance(value, (list, tuple)):
+            return '[' + ', '.join(text(v, inner) for v in value) + ']'
+        if isinstance(value, float) and math.isfinite(value):
+            mantissa, e, exponent = repr(value).partition('e')
+            return mantissa + ('' if '.' in mantissa else '.0') + e + exponent
+        return json.dumps(value)
+    return text(config, '') + '\n'
 
 
 def get_default_config():

@@ -32,14 +32,17 @@ class AverageMeter:
 
 def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_scheduler, patch_scheduler,
                     scaler, mixup_fn, epoch, device, logger, train_log=None, autocast_dtype=None,
-                    start_step=0, should_stop=None, on_step_end=None):
+                    start_step=0, should_stop=None, on_step_end=None, epoch_loss=None):
     """One epoch of optimizer steps; returns the number of steps done (less than a full epoch only
     when `should_stop()` asked to stop early).
 
     Every optimizer step takes ACCUMULATION_STEPS micro-batches, all at the drop ratio the patch
     scheduler gives before the step; gradients are clipped once, then the LR and patch schedulers
     advance once. `data_loader` yields the batches from step `start_step` on (mid-epoch resume);
-    `train_log` (rank 0) gets one JSON line per step with the original's fields.
+    `train_log` (rank 0) gets one JSON line per step with the original's fields: `loss` is the mean
+    of this epoch's step losses so far (the original's running mean), `step_loss` the step's own.
+    `epoch_loss` (an AverageMeter) holds that mean's sum and count; pass the one restored from a
+    mid-epoch checkpoint to continue it.
     """
     model.train()
     bare = unwrap_model(model)
@@ -47,7 +50,8 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
     steps_per_epoch = patch_scheduler.iterations_per_epoch  # optimizer steps per full epoch
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else nullcontext())
-    loss_meter, norm_meter, time_meter, data_meter = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
+    loss_meter = epoch_loss if epoch_loss is not None else AverageMeter()
+    norm_meter, time_meter, data_meter = AverageMeter(), AverageMeter(), AverageMeter()
     params = [p for p in model.parameters() if p.requires_grad]
 
     step = start_step
@@ -107,7 +111,7 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
             data_meter.update(data_time)
             if train_log is not None:
                 train_log.write(json.dumps({
-                    'epoch': epoch, 'iteration': global_step, 'loss': step_loss, 'lr': lr,
+                    'epoch': epoch, 'iteration': global_step, 'loss': loss_meter.avg, 'step_loss': step_loss, 'lr': lr,
                     'time': step_time, 'cpu_time': data_time, 'gpu_time': step_time - data_time,
                     'memory': memory_mb(device), 'patch_drop_ratio': drop_ratio}) + '\n')
                 train_log.flush()
@@ -145,6 +149,7 @@ def evaluate(model, data_loader, device, autocast_dtype=None, logger=None, print
     give the same numbers. The drop ratio is whatever the model is set to.
 
     Returns a dict: acc1, acc5, loss, num_images, time (whole pass, data loading included),
+    batch_time (mean time per batch of this process, data loading included: the original's `time`),
     model_time (forward passes only, synchronised).
     """
     model.eval()
@@ -156,7 +161,7 @@ def evaluate(model, data_loader, device, autocast_dtype=None, logger=None, print
     # one row per global batch: loss sum, top-1 correct, top-5 correct, images (float64 sums)
     stats = torch.zeros(num_batches, 4, dtype=torch.float64, device=device)
     start = time.time()
-    model_time = 0.0
+    model_time, seen = 0.0, 0
     for i, (images, targets) in enumerate(data_loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -171,17 +176,20 @@ def evaluate(model, data_loader, device, autocast_dtype=None, logger=None, print
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct = top5.eq(targets[:, None])
         row = batch_ids[i] if batch_ids is not None else i
+        seen = i + 1
         stats[row, 0] = loss.double().sum()
         stats[row, 1] = correct[:, 0].sum()
         stats[row, 2] = correct.any(dim=1).sum()
         stats[row, 3] = targets.numel()
         if logger is not None and print_freq and i % print_freq == 0:
             logger.info(f'Test: [{i}/{len(data_loader)}]\tmem {memory_mb(device):.0f}MB')
+    batch_time = (time.time() - start) / max(seen, 1)
     all_reduce_sum(stats)
     loss_sum, correct1, correct5, count = stats.sum(dim=0).tolist()
     count = max(count, 1)
     return {'acc1': 100.0 * correct1 / count, 'acc5': 100.0 * correct5 / count, 'loss': loss_sum / count,
-            'num_images': int(count), 'time': time.time() - start, 'model_time': model_time}
+            'num_images': int(count), 'time': time.time() - start, 'batch_time': batch_time,
+            'model_time': model_time}
 
 
 @torch.no_grad()

@@ -7,11 +7,12 @@
     python main_finetune.py --cfg configs/demo/magnitude_cyclic.yaml   # one process, CPU or GPU
     python main_finetune.py --cfg ... --resume <ckpt> --eval         # validate a checkpoint
 
-Writes to <output>/<MODEL.NAME>/<TAG>/: config.yaml, log_rank0.txt, train_log.json (one JSON line
-per optimizer step), val_log.json (one per epoch), checkpoint.pth (always the newest) and
-ckpt_epoch_<E>.pth every SAVE_FREQ epochs. A killed run restarted with the same command continues
-from the newest readable checkpoint (TRAIN.AUTO_RESUME). SIGTERM / SIGINT finish the current step,
-write a checkpoint and exit with status 3.
+Writes to <output>/<MODEL.NAME>/<TAG>/: config.yaml, config.json (as the original wrote it),
+log_rank0.txt, train_log.json (one JSON line per optimizer step), val_log.json (one per epoch),
+checkpoint.pth (always the newest) and ckpt_epoch_<E>.pth every SAVE_FREQ epochs. A killed run
+restarted with the same command continues from the newest readable checkpoint (TRAIN.AUTO_RESUME).
+SIGTERM / SIGINT finish the current step, write a checkpoint and exit with status 3. --resume also
+continues from a checkpoint of the original code (its pickled config needs --trust-checkpoint).
 """
 import argparse
 import datetime
@@ -28,13 +29,13 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
                         load_model_weights, load_pretrained, prune_checkpoints, save_checkpoint)
-from config import ConfigError, get_config
+from config import ConfigError, config_json, get_config, with_values
 from data import DataError, build_loader, build_val_loader, set_train_epoch
-from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
+from engine import AverageMeter, NonFiniteLossError, evaluate, throughput, train_one_epoch
 from logger import create_logger
-from lr_scheduler import build_scheduler
+from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_model
-from optimizer import build_optimizer
+from optimizer import build_optimizer, resume_optimizer
 from patch_scheduler import build_patch_scheduler
 from utils import (all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state,
                    init_distributed_mode, memory_mb, set_rng_state, unwrap_model)
@@ -142,10 +143,21 @@ def check_output_writable(path):
         raise OSError(f"output folder '{path}' cannot be written: no write permission on '{existing}'")
 
 
+def original_config_json(config, world_size):
+    """config.json as the original wrote it: the config the run used, with TRAIN.BASE_LR, WARMUP_LR
+    and MIN_LR after the linear scaling to the total batch (the original scaled them in the config).
+    JSON, which YAML readers of the original's file (YAML text under that name) also read."""
+    base_lr, warmup_lr, min_lr = scaled_lrs(config, world_size)
+    used = with_values(config, {'TRAIN.BASE_LR': base_lr, 'TRAIN.WARMUP_LR': warmup_lr, 'TRAIN.MIN_LR': min_lr})
+    return config_json(used)
+
+
 def training_state(path, state, model):
     """Check that `state` (read from `path`) is a training checkpoint for `model`."""
     if not isinstance(state, dict) or 'model' not in state:
         raise CheckpointError(f"checkpoint '{path}' holds no 'model' state dict: not a training checkpoint")
+    if 'optimizer' in state and (isinstance(state.get('epoch'), bool) or not isinstance(state.get('epoch'), int)):
+        raise CheckpointError(f"checkpoint '{path}' holds an optimizer state but no integer 'epoch'")
     check_state_dict(model, state['model'], path)
     return state
 
@@ -216,7 +228,8 @@ def main(config, stop=None):
     check_output_writable(config.OUTPUT)
     dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
     num_classes = len(dataset_val.classes)
-    model = build_model(config, num_classes=num_classes).to(device)
+    config = with_values(config, {'MODEL.NUM_CLASSES': num_classes})  # saved as built, not the default
+    model = build_model(config).to(device)
     logger.info(f'{config.MODEL.TYPE}: {sum(p.numel() for p in model.parameters()):,} parameters, '
                 f'{num_classes} classes, {len(dataset_train)} training / {len(dataset_val)} validation images')
 
@@ -234,17 +247,21 @@ def main(config, stop=None):
         load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
     checkpoint_path, state = select_resume_checkpoint(config, model, logger)
     start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
+    epoch_loss = AverageMeter()  # the running mean of this epoch's step losses (train_log.json `loss`)
+    resume_notes = []  # logged once the run's log file exists
     if state is not None:
         model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {checkpoint_path}')
         if 'optimizer' in state:  # a training checkpoint: continue exactly where it stopped
-            optimizer.load_state_dict(state['optimizer'])
-            lr_scheduler.load_state_dict(state['lr_scheduler'])
-            if 'scaler' in state:
-                scaler.load_state_dict(state['scaler'])
             max_accuracy = state.get('max_accuracy', 0.0)
             start_step = state.get('step_in_epoch', 0)
             start_epoch = state['epoch'] + (0 if start_step else 1)
+            # also the original's checkpoints (another optimizer layout, no scheduler states we can use)
+            resume_notes = resume_optimizer(optimizer, lr_scheduler, state, start_epoch * steps_per_epoch + start_step)
+            if 'scaler' in state:
+                scaler.load_state_dict(state['scaler'])
+            if start_step and 'epoch_loss' in state:
+                epoch_loss.sum, epoch_loss.count = state['epoch_loss']['sum'], state['epoch_loss']['count']
             if 'patch_scheduler' in state:
                 patch_scheduler.load_state_dict(state['patch_scheduler'])
             else:
@@ -267,9 +284,13 @@ def main(config, stop=None):
     if rank == 0:
         with open(os.path.join(config.OUTPUT, 'config.yaml'), 'w') as f:
             f.write(config.dump())
+        with open(os.path.join(config.OUTPUT, 'config.json'), 'w') as f:
+            f.write(original_config_json(config, world_size))
         truncate_logs(config.OUTPUT, start_epoch * steps_per_epoch + start_step, start_epoch)
     logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
                 if state is not None else f'output folder {config.OUTPUT}')
+    for level, note in resume_notes:
+        logger.log(level, note)
     train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
     val_log = open(os.path.join(config.OUTPUT, 'val_log.json'), 'a') if rank == 0 else None
 
@@ -285,6 +306,7 @@ def main(config, stop=None):
                 'lr_scheduler': lr_scheduler.state_dict(), 'scaler': scaler.state_dict(),
                 'patch_scheduler': patch_scheduler.state_dict(), 'epoch': epoch,
                 'step_in_epoch': step_in_epoch, 'max_accuracy': max_accuracy, 'config': config.dump(),
+                'epoch_loss': {'sum': epoch_loss.sum, 'count': epoch_loss.count},
                 'rng': all_gather_object(get_rng_state())}
 
     def write_checkpoint(epoch, step_in_epoch, epoch_file=False):
@@ -310,7 +332,8 @@ def main(config, stop=None):
         set_train_epoch(loader_train, epoch, start_batch=start_step * accum)
         done = train_one_epoch(config, model, criterion, loader_train, optimizer, lr_scheduler, patch_scheduler,
                                scaler, mixup_fn, epoch, device, logger, train_log, amp_dtype,
-                               start_step=start_step, should_stop=stop, on_step_end=on_step_end)
+                               start_step=start_step, should_stop=stop, on_step_end=on_step_end,
+                               epoch_loss=epoch_loss)
         start_step = 0
         if done < steps_per_epoch:  # stopped by a signal
             write_checkpoint(epoch, done)
@@ -328,10 +351,11 @@ def main(config, stop=None):
         logger.info(f'Max accuracy: {max_accuracy:.2f}%')
         if val_log is not None:
             val_log.write(json.dumps({'epoch': epoch, 'loss': stats['loss'], 'acc1': stats['acc1'],
-                                      'acc5': stats['acc5'], 'time': stats['time'],
-                                      'memory': memory_mb(device)}) + '\n')
+                                      'acc5': stats['acc5'], 'time': stats['batch_time'],
+                                      'total_time': stats['time'], 'memory': memory_mb(device)}) + '\n')
             val_log.flush()
         last = epoch == config.TRAIN.EPOCHS - 1
+        epoch_loss = AverageMeter()  # the next epoch's mean starts afresh (also in the checkpoint below)
         write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
         if stop():
             logger.warning(f'{stop_reason(stop)} received: checkpoint written after epoch {epoch}. '

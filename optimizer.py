@@ -3,12 +3,19 @@
     optimizer = build_optimizer(config, unwrap_model(model), world_size)
     scheduler = build_scheduler(config, optimizer, n_iter_per_epoch)   # lr_scheduler.py
 
-Layer ids: 0 for `cls_token`, `pos_embed` and `patch_embed.*`; i + 1 for `blocks.i.*`; depth + 1
-for everything else (`rel_pos_bias`, `norm`, `fc_norm`, `head`). A group's learning rate is the
+Layer ids: 0 for `cls_token`, `mask_token`, `pos_embed` and `patch_embed.*`; i + 1 for `blocks.i.*`;
+depth + 1 for everything else (`rel_pos_bias`, `norm`, `fc_norm`, `head`). A group's learning rate is the
 scheduled one times its `lr_scale` = LAYER_DECAY ** (depth + 1 - layer_id), so the head trains at the
 full rate and the patch embedding at the smallest. Weight decay is off for 1-D parameters (norms,
 q/v biases, layer-scale gammas), every `.bias`, and the model's `no_weight_decay()` names.
+
+The groups are named `layer_<id>_<decay|no_decay>` and created in order of first appearance along
+`model.named_parameters()`, as the original code did, so an optimizer state saved by the original
+`main_finetune.py` has the same layout. `load_optimizer_state` also maps a state saved with another
+layout (this project's older checkpoints) onto the parameters by name.
 """
+import logging
+
 import torch
 
 from lr_scheduler import scaled_lrs
@@ -16,7 +23,7 @@ from lr_scheduler import scaled_lrs
 
 def get_layer_id(name, depth):
     """Layer id of the parameter `name` in a model with `depth` blocks (see the module docstring)."""
-    if name in ('cls_token', 'pos_embed') or name.startswith('patch_embed.'):
+    if name in ('cls_token', 'mask_token', 'pos_embed') or name.startswith('patch_embed.'):
         return 0
     if name.startswith('blocks.'):
         return int(name.split('.')[1]) + 1
@@ -24,7 +31,8 @@ def get_layer_id(name, depth):
 
 
 def param_groups_layer_decay(model, weight_decay, layer_decay, base_lr):
-    """Parameter groups of the bare `model`, one per (layer id, decay or not) that has parameters.
+    """Parameter groups of the bare `model`, one per (layer id, decay or not) that has parameters,
+    in order of first appearance along model.named_parameters() (the original's order).
 
     Each group holds named parameters (so the optimizer records `param_names`), a readable `name`,
     `weight_decay`, `lr_scale`, and `lr` = base_lr * lr_scale (right for an optimizer used on its
@@ -52,7 +60,7 @@ def param_groups_layer_decay(model, weight_decay, layer_decay, base_lr):
                 'initial_lr': base_lr,
             }
         groups[key]['params'].append((name, param))
-    return [groups[key] for key in sorted(groups)]
+    return list(groups.values())  # dicts keep insertion order: first appearance
 
 
 def build_optimizer(config, model, world_size=1):
@@ -76,3 +84,113 @@ def build_optimizer(config, model, world_size=1):
         return torch.optim.SGD(groups, lr=base_lr, momentum=opt.MOMENTUM, nesterov=True,
                                weight_decay=config.TRAIN.WEIGHT_DECAY)
     raise ValueError(f"TRAIN.OPTIMIZER.NAME '{opt.NAME}' is not known; valid values: adamw, sgd")
+
+
+class OptimizerStateError(ValueError):
+    """A saved optimizer state that cannot be matched to this optimizer's parameters; says why."""
+
+
+def _saved_names(saved, optimizer):
+    """The parameter name of every integer id of the saved state dict `saved`, and whether the names
+    were recorded in it ('param_names', this project's checkpoints) or inferred from the layout."""
+    groups = saved['param_groups']
+    if all(len(g.get('param_names', ())) == len(g['params']) for g in groups):
+        return {i: n for g in groups for i, n in zip(g['params'], g['param_names'])}, True
+    # No names (the original's checkpoints): the ids number the parameters group by group in the
+    # original's layout, which is ours, so the layouts must agree group for group.
+    ours = optimizer.param_groups
+    sizes, our_sizes = [len(g['params']) for g in groups], [len(g['params']) for g in ours]
+    if sizes != our_sizes:
+        raise OptimizerStateError(f'it has {len(groups)} parameter groups of sizes {sizes}, this model '
+                                  f'{len(ours)} of sizes {our_sizes}, and it records no parameter names')
+    for g, our in zip(groups, ours):
+        label = g.get('group_name', g.get('name'))
+        if label is not None and label != our['name']:
+            raise OptimizerStateError(f"its group '{label}' is '{our['name']}' here")
+    return {i: n for g, our in zip(groups, ours) for i, n in zip(g['params'], our['param_names'])}, False
+
+
+def load_optimizer_state(optimizer, saved):
+    """Load the optimizer state dict `saved` into `optimizer` (from build_optimizer), matching the
+    per-parameter state (AdamW moments, step counts) to the parameters by name. Returns how:
+
+    - 'exact': the same groups in the same order, saved by this project: torch's own load, every
+      group setting (the learning rate included) restored;
+    - 'by name': this project's state in another group order (older checkpoints): mapped by name,
+      each group's settings taken from the saved group of the same name;
+    - 'original': a state without parameter names (the original's checkpoints): mapped through the
+      original's layout; the group settings stay as built here (the original's `initial_lr` meant
+      another thing), so the caller must set the learning rates from its LR scheduler.
+
+    Raises OptimizerStateError when the state is malformed or does not fit: other parameter names,
+    another group layout without names, or a moment whose shape differs from its parameter's.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get('state'), dict) or \
+            not isinstance(saved.get('param_groups'), list) or \
+            not all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in saved['param_groups']):
+        raise OptimizerStateError("it is not an optimizer state dict (expected 'state' and 'param_groups')")
+    names, named = _saved_names(saved, optimizer)
+    current = optimizer.state_dict()
+    our_ids = {n: i for g in current['param_groups'] for i, n in zip(g['params'], g['param_names'])}
+    params = {n: p for g in optimizer.param_groups for n, p in zip(g['param_names'], g['params'])}
+    if set(names.values()) != set(our_ids):
+        missing, unexpected = sorted(set(our_ids) - set(names.values())), sorted(set(names.values()) - set(our_ids))
+        raise OptimizerStateError(f'its parameters differ from the model\'s: missing {missing[:5]}, '
+                                  f'unexpected {unexpected[:5]}')
+    layouts_equal = [g.get('param_names') for g in saved['param_groups']] == \
+        [g['param_names'] for g in current['param_groups']]
+    if named and layouts_equal:
+        optimizer.load_state_dict(saved)
+        return 'exact'
+
+    state = {}
+    for saved_id, values in saved['state'].items():
+        if saved_id not in names:
+            raise OptimizerStateError(f'its state holds id {saved_id}, which no parameter group lists')
+        name = names[saved_id]
+        values = dict(values)
+        for key, value in values.items():
+            if key != 'step' and isinstance(value, torch.Tensor) and value.shape != params[name].shape:
+                raise OptimizerStateError(f'{key} of {name} has shape {tuple(value.shape)}, the parameter '
+                                          f'{tuple(params[name].shape)}')
+        if 'step' in values and not isinstance(values['step'], torch.Tensor):
+            values['step'] = torch.tensor(float(values['step']), dtype=torch.float32)  # old torch: a number
+        state[our_ids[name]] = values
+    saved_groups = {g.get('name'): g for g in saved['param_groups']} if named else {}
+    groups = []
+    for group in current['param_groups']:
+        settings = {k: v for k, v in saved_groups.get(group['name'], {}).items() if k not in ('params', 'param_names')}
+        groups.append({**group, **settings, 'params': group['params'], 'param_names': group['param_names']})
+    optimizer.load_state_dict({'state': state, 'param_groups': groups})
+    return 'by name' if named else 'original'
+
+
+def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
+    """Restore the optimizer and the LR scheduler from the training checkpoint `state` (a dict with
+    'optimizer' and, from this project, 'lr_scheduler') so that update `num_updates` comes next.
+    Returns [(logging level, message)] saying what was done, for the run's log.
+
+    Never raises: a state that cannot be used gives a warning and training continues from a fresh
+    optimizer. The original's timm scheduler state is not loaded (timm changed its fields, and the
+    LR is a pure function of the update anyway); every group's LR is set from the schedule.
+    """
+    notes = []
+    try:
+        how = load_optimizer_state(optimizer, state['optimizer'])
+    except OptimizerStateError as e:
+        how = 'fresh'
+        notes.append((logging.WARNING, f'the optimizer state of the checkpoint cannot be used ({e}): starting '
+                                       'from a fresh optimizer (AdamW moments reset)'))
+    if how == 'by name':
+        notes.append((logging.INFO, 'optimizer state saved with another parameter-group order: mapped by '
+                                    'parameter name'))
+    if how == 'original':
+        notes.append((logging.INFO, 'optimizer state of the original code: mapped through its parameter-group '
+                                    'layout; the LR schedule is recomputed from the config'))
+    if how in ('exact', 'by name') and isinstance(state.get('lr_scheduler'), dict):
+        lr_scheduler.load_state_dict(state['lr_scheduler'])
+    lr_scheduler.step_update(num_updates)  # the LR of the next update (what the saved groups held)
+    if 'amp' in state:
+        notes.append((logging.INFO, "the checkpoint's apex 'amp' state is not used: native mixed precision "
+                                    'starts its grad scaler afresh'))
+    return notes

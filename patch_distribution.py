@@ -6,12 +6,14 @@
     python patch_distribution.py ... --drop-ratios 0.4
 
 Flags are main_finetune.py's plus --drop-ratios (as sweep_drop.py; --pretrained or --resume names
-the checkpoint). Default drop ratios: the training grid 0.2, 0.4, 0.6, 0.8 (rho 0.8 to 0.2).
+the checkpoint). Default drop ratios: the original script's 0.0, 0.2, 0.4, 0.6, 0.8 (rho 1.0 to 0.2;
+at 0.0 every image keeps every position, and the figures leave that panel out, as the original's did).
 
 Writes to <output>/<MODEL.NAME>/<TAG>/:
   patch_distribution.json  drop_ratios      [R] the drop ratios (rho = 1 - drop ratio)
-                           counts           per ratio [grid_h][grid_w]: images that kept the position
-                           grid_shape       [grid_h, grid_w]
+                           counts           [R][grid_h * grid_w], per ratio one flat row-major list
+                                            (as the original): images that kept each patch position
+                           grid_shape       [grid_h, grid_w], the shape of each ratio's list
                            num_images       validation images counted
                            num_kept_tokens  [R] tokens kept per image, CLS included, so each ratio's
                                             counts sum to num_images * (num_kept_tokens - 1)
@@ -37,7 +39,7 @@ from utils import all_reduce_sum, init_distributed_mode
 from viz.common import save_figure
 from viz.patch_distribution import centre_and_corners, plot_patch_distribution
 
-DISTRIBUTION_DROP_RATIOS = (0.2, 0.4, 0.6, 0.8)
+DISTRIBUTION_DROP_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)  # the original script's
 OUTPUT_FILE = 'patch_distribution.json'
 FIGURE_FILES = ('patch_distribution.png', 'patch_distribution.pdf')
 
@@ -80,7 +82,7 @@ def main(config, args):
     grid_h, grid_w = model.patch_embed.grid_size
     data = {
         'drop_ratios': list(args.drop_ratios),
-        'counts': counts.reshape(len(args.drop_ratios), grid_h, grid_w).tolist(),
+        'counts': counts.tolist(),  # [R, grid_h * grid_w]: position p is row p // grid_w, column p % grid_w
         'grid_shape': [grid_h, grid_w],
         'num_images': num_images,
         'num_kept_tokens': [model.num_kept_tokens(d) for d in args.drop_ratios],

@@ -85,6 +85,8 @@ PSS_SETTINGS = ('fixed', 'linear', 'cyclic', 'random_cyclic')
 
 FULL_SWEEP_DROP_RATIOS = tuple(round(0.1 * i, 1) for i in range(9))  # rho 1.0, 0.9, ..., 0.2
 GRID_DROP_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)  # the training grid: rho 1.0, 0.8, ..., 0.2
+# patch_distribution.py's default adds 0.0 first (the original's list); every image keeps every position
+# there, so it tells nothing, and the committed results/ were made without it
 DISTRIBUTION_DROP_RATIOS = (0.2, 0.4, 0.6, 0.8)
 
 

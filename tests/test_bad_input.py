@@ -139,6 +139,10 @@ def test_checkpoint_errors(existing_run, tmp_path, capsys, flag):
     pickled = write_checkpoint(tmp_path / 'old.pth', {'model': model.state_dict(), 'config': CfgNode({'A': 1})})
     expect_error(capsys, out, args_for(data, out, extra=[flag, pickled]), pickled, '--trust-checkpoint')
 
+    if flag == '--resume':  # a training state must say which epoch it ended
+        no_epoch = write_checkpoint(tmp_path / 'no_epoch.pth', {'model': model.state_dict(), 'optimizer': {}})
+        expect_error(capsys, out, args_for(data, out, extra=[flag, no_epoch]), no_epoch, "no integer 'epoch'")
+
 
 def test_unwritable_output_folder(existing_run, tmp_path, capsys):
     _, data, out = existing_run

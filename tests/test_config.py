@@ -116,3 +116,50 @@ def test_missing_file_and_bad_opts():
         load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE', 'big'])
     with pytest.raises(ConfigError, match='odd number'):
         load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE'])
+
+
+def float_keys(node, prefix=''):
+    """Every key of the defaults whose value is a float."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from float_keys(value, f'{prefix}{key}.')
+        elif isinstance(value, float):
+            yield f'{prefix}{key}'
+
+
+def value_at(config, key):
+    for part in key.split('.'):
+        config = config[part]
+    return config
+
+
+def test_an_int_is_accepted_wherever_a_float_is_expected(tmp_path):
+    """The original's defaults held ints where ours hold floats (MODEL.VIT.MLP_RATIO 4): YAML files and
+    --opts with an int load, for every float key, and the value becomes that float."""
+    from config import get_default_config
+
+    keys = list(float_keys(get_default_config()))
+    assert 'MODEL.VIT.MLP_RATIO' in keys and 'TRAIN.BASE_LR' in keys and len(keys) > 20
+    for key in keys:
+        if key.startswith('TRAIN.PATCH_SCHEDULER.'):
+            continue  # drop ratios outside [-1, 1] are refused on their own merits; checked below with 1
+        yaml_text = ''
+        for depth, part in enumerate(key.split('.')):
+            yaml_text += '  ' * depth + part + (':\n' if depth < key.count('.') else ': 2\n')
+        path = tmp_path / 'ints.yaml'
+        path.write_text(yaml_text)
+        for config in (load(str(path)), load('configs/vit-b/baseline.yaml', [key, '2'])):
+            value = value_at(config, key)
+            assert type(value) is float and value == 2.0, key
+    for key in ('START_PATCH_DROP_RATIO', 'END_PATCH_DROP_RATIO', 'ROUND_TO'):
+        assert value_at(load('configs/vit-b/baseline.yaml', [f'TRAIN.PATCH_SCHEDULER.{key}', '1']),
+                        f'TRAIN.PATCH_SCHEDULER.{key}') == 1.0
+    (tmp_path / 'vit.yaml').write_text('MODEL:\n  VIT:\n    MLP_RATIO: 4\nAUG:\n  SCALE: [0, 1]\n')
+    c = load(str(tmp_path / 'vit.yaml'), ['TRAIN.OPTIMIZER.BETAS', '(0, 1)'])
+    assert type(c.MODEL.VIT.MLP_RATIO) is float and c.MODEL.VIT.MLP_RATIO == 4.0
+    assert c.AUG.SCALE == (0.0, 1.0) and all(type(v) is float for v in c.AUG.SCALE)
+    assert c.TRAIN.OPTIMIZER.BETAS == (0.0, 1.0) and all(type(v) is float for v in c.TRAIN.OPTIMIZER.BETAS)
+    # only ints: a float for an int key, a bool or a string for a float key stay type mismatches
+    for key, value in (('TRAIN.EPOCHS', '2.5'), ('TRAIN.BASE_LR', 'True'), ('MODEL.VIT.MLP_RATIO', 'four')):
+        with pytest.raises(ConfigError, match='Type mismatch'):
+            load('configs/vit-b/baseline.yaml', [key, value])

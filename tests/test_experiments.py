@@ -370,12 +370,13 @@ def test_image_patches_bad_index_and_other_ranks(data_path, checkpoint, tmp_path
 # ----------------------------------------------------------------------------- patch_distribution.py
 
 def reference_counts(model, images, drop_ratios):
-    """[R, 4, 4] counts of kept positions over all images, from the independent top-k reference."""
+    """[R, 16] counts of kept positions over all images (flat, row-major, as the original wrote them),
+    from the independent top-k reference."""
     counts = np.zeros((len(drop_ratios), 16), dtype=np.int64)
     for r, d in enumerate(drop_ratios):
         for kept in reference_topk_patches(model, images, round((1 - d) * NUM_TOKENS)):
             counts[r, [t - 1 for t in kept]] += 1
-    return counts.reshape(len(drop_ratios), 4, 4).tolist()
+    return counts.tolist()
 
 
 def check_distribution(data, model, images, drop_ratios):
@@ -394,7 +395,8 @@ def test_patch_distribution_counts_every_image(data_path, checkpoint, reference,
     with open(out / 'patch_distribution.json') as f:
         data = json.load(f)
     model, images, _ = reference
-    check_distribution(data, model, images, [0.2, 0.4, 0.6, 0.8])
+    check_distribution(data, model, images, [0.0, 0.2, 0.4, 0.6, 0.8])  # the original's default ratios
+    assert data['counts'][0] == [len(images)] * 16  # at drop 0 every image keeps every position
     assert (out / 'patch_distribution.png').read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(out / 'patch_distribution.png') as png:
         png.verify()

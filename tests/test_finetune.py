@@ -12,8 +12,9 @@ from patch_scheduler import patch_drop_ratio_at
 from tests.helpers import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_FIELDS = {'epoch', 'iteration', 'loss', 'lr', 'time', 'cpu_time', 'gpu_time', 'memory', 'patch_drop_ratio'}
-VAL_FIELDS = {'epoch', 'loss', 'acc1', 'acc5', 'time', 'memory'}
+TRAIN_FIELDS = {'epoch', 'iteration', 'loss', 'step_loss', 'lr', 'time', 'cpu_time', 'gpu_time', 'memory',
+                'patch_drop_ratio'}
+VAL_FIELDS = {'epoch', 'loss', 'acc1', 'acc5', 'time', 'total_time', 'memory'}
 TINY = ['DATA.DATASET', 'imagenet', 'DATA.IMG_SIZE', '16', 'MODEL.VIT.PATCH_SIZE', '4',
         'MODEL.VIT.EMBED_DIM', '16', 'MODEL.VIT.DEPTH', '2', 'MODEL.VIT.NUM_HEADS', '2',
         'TRAIN.WARMUP_EPOCHS', '1', 'PRINT_FREQ', '1', 'SAVE_FREQ', '1', 'DATA.NUM_WORKERS', '0']
@@ -63,7 +64,7 @@ def check_run(run_dir, epochs, steps_per_epoch, schedule=('cyclic', 0.8, -0.1)):
     assert [r['epoch'] for r in val] == list(range(epochs))
     assert all(set(r) == VAL_FIELDS and 0 <= r['acc1'] <= 100 and 0 <= r['acc5'] <= 100 for r in val)
     files = set(os.listdir(run_dir))
-    assert {'config.yaml', 'log_rank0.txt', 'checkpoint.pth'} <= files
+    assert {'config.yaml', 'config.json', 'log_rank0.txt', 'checkpoint.pth'} <= files
     assert {f'ckpt_epoch_{e}.pth' for e in range(epochs)} <= files
     return train, val
 

@@ -1,10 +1,13 @@
+import logging
+
 import pytest
 import torch
 
 from checkpoint import load_checkpoint_file, save_checkpoint
 
 from lr_scheduler import build_scheduler, lr_at, scaled_lrs
-from optimizer import build_optimizer, get_layer_id
+from optimizer import (OptimizerStateError, build_optimizer, get_layer_id, load_optimizer_state,
+                       param_groups_layer_decay, resume_optimizer)
 from tests.helpers import tiny_config, tiny_model
 
 # The tiny model has depth 2, so layers are 0 (embedding), 1, 2 (blocks) and 3 (the rest).
@@ -70,6 +73,7 @@ def test_layer_ids_of_a_deep_model():
     assert get_layer_id('blocks.11.mlp.fc1.weight', 12) == 12
     assert get_layer_id('blocks.0.attn.qkv.weight', 12) == 1
     assert get_layer_id('patch_embed.proj.weight', 12) == 0
+    assert get_layer_id('mask_token', 12) == 0  # SimMIM's, layer 0 as in the original
     assert get_layer_id('rel_pos_bias.relative_position_bias_table', 12) == 13
     assert get_layer_id('fc_norm.weight', 12) == 13
 
@@ -144,3 +148,130 @@ def test_optimizer_state_round_trips_through_a_weights_only_checkpoint(tmp_path)
         assert {k: v for k, v in before.items() if k != 'params'} == {k: v for k, v in after.items() if k != 'params'}
     param = model.head.weight
     assert torch.equal(resumed.state[param]['exp_avg'], optimizer.state[param]['exp_avg'])
+
+
+# ----------------------------------------------------------------------------- saved states of other layouts
+def first_appearance_groups(model):
+    """The original's group names in order of first appearance along named_parameters(), by hand."""
+    names = []
+    for name, param in model.named_parameters():
+        no_decay = param.ndim == 1 or name.endswith('.bias') or name in ('cls_token', 'pos_embed')
+        group = f"layer_{expected_layer(name)}_{'no_decay' if no_decay else 'decay'}"
+        if group not in names:
+            names.append(group)
+    return names
+
+
+@pytest.mark.parametrize('opts', [[], APE_SHARED], ids=['per_block_rpb', 'ape_shared_rpb'])
+def test_groups_are_in_the_originals_order(opts):
+    model = tiny_model(opts=opts)
+    optimizer = build_optimizer(tiny_config(opts=opts), model)
+    assert [g['name'] for g in optimizer.param_groups] == first_appearance_groups(model)
+    order = [n for g in optimizer.param_groups for n in g['param_names']]
+    assert sorted(order) == sorted(n for n, _ in model.named_parameters())
+
+
+def stepped(optimizer, model, steps=2):
+    for _ in range(steps):
+        model(torch.randn(2, 3, 32, 32)).logsumexp(dim=1).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return optimizer
+
+
+def test_state_of_the_earlier_group_order_is_mapped_by_name():
+    """This project's checkpoints before the groups took the original's order: sorted by (layer, no decay)."""
+    config, model = tiny_config(), tiny_model()
+    groups = param_groups_layer_decay(model, 0.05, 0.65, 1e-3)
+    earlier = sorted(groups, key=lambda g: (int(g['name'].split('_')[1]), g['name'].endswith('no_decay')))
+    assert [g['name'] for g in earlier] != [g['name'] for g in groups]  # the layouts do differ
+    old = stepped(torch.optim.AdamW(earlier, lr=1e-3), model)
+    old.param_groups[0]['lr'] = 0.123  # a group setting that must come back with its group
+    saved = old.state_dict()
+    resumed = build_optimizer(config, model)
+    assert load_optimizer_state(resumed, saved) == 'by name'
+    for group in resumed.param_groups:
+        for name, param in zip(group['param_names'], group['params']):
+            for key in ('exp_avg', 'exp_avg_sq', 'step'):
+                assert torch.equal(resumed.state[param][key], old.state[param][key]), (name, key)
+    assert next(g for g in resumed.param_groups if g['name'] == earlier[0]['name'])['lr'] == 0.123
+    # and our own current layout loads exactly, group settings included
+    again = build_optimizer(config, model)
+    assert load_optimizer_state(again, resumed.state_dict()) == 'exact'
+    assert [g['lr'] for g in again.param_groups] == [g['lr'] for g in resumed.param_groups]
+
+
+def original_state(model, steps=3):
+    """An optimizer state as the original saved it, from the facts: no parameter names, ids numbering the
+    parameters group by group in first-appearance order, 'group_name' labels, the step a plain number;
+    each parameter's moments filled with its id, so a wrong mapping shows."""
+    names = first_appearance_groups(model)
+    members = {g: [] for g in names}
+    for name, param in model.named_parameters():
+        no_decay = param.ndim == 1 or name.endswith('.bias') or name in ('cls_token', 'pos_embed')
+        members[f"layer_{expected_layer(name)}_{'no_decay' if no_decay else 'decay'}"].append((name, param))
+    state, groups, ids = {}, [], {}
+    for group in names:
+        groups.append({'group_name': group, 'lr': 1.0, 'initial_lr': 1.0, 'lr_scale': 1.0, 'weight_decay': 0.0,
+                       'betas': (0.9, 0.999), 'eps': 1e-8, 'amsgrad': False, 'params': []})
+        for name, param in members[group]:
+            i = len(ids)
+            ids[name] = i
+            groups[-1]['params'].append(i)
+            state[i] = {'step': steps, 'exp_avg': torch.full_like(param, float(i)),
+                        'exp_avg_sq': torch.full_like(param, float(i) ** 2)}
+    return {'state': state, 'param_groups': groups}, ids
+
+
+def test_original_state_is_mapped_through_its_layout():
+    config, model = tiny_config(opts=APE_SHARED), tiny_model(opts=APE_SHARED)
+    saved, ids = original_state(model)
+    optimizer = build_optimizer(config, model)
+    built = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+    assert load_optimizer_state(optimizer, saved) == 'original'
+    named = dict(model.named_parameters())
+    for name, i in ids.items():
+        assert torch.equal(optimizer.state[named[name]]['exp_avg'], torch.full_like(named[name], float(i))), name
+        assert optimizer.state[named[name]]['step'].item() == 3.0
+    # the group settings stay as built here (the original's lr / initial_lr meant another thing)
+    assert [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups] == built
+    stepped(optimizer, model, steps=1)  # and the optimizer steps on from it
+    assert {optimizer.state[p]['step'].item() for p in named.values()} == {4.0}
+
+
+def test_unusable_states_are_refused_with_the_reason():
+    config, model = tiny_config(), tiny_model()
+    saved, ids = original_state(model)
+    short = {**saved, 'param_groups': saved['param_groups'][:-1]}
+    with pytest.raises(OptimizerStateError, match='parameter groups of sizes'):
+        load_optimizer_state(build_optimizer(config, model), short)
+    wrong_shape = {**saved, 'state': dict(saved['state'])}
+    wrong_shape['state'][ids['head.weight']] = {'step': 3, 'exp_avg': torch.zeros(2, 2)}
+    with pytest.raises(OptimizerStateError, match=r'exp_avg of head.weight has shape \(2, 2\)'):
+        load_optimizer_state(build_optimizer(config, model), wrong_shape)
+    relabelled = {**saved, 'param_groups': [dict(g) for g in saved['param_groups']]}
+    relabelled['param_groups'][0]['group_name'] = 'layer_9_decay'
+    with pytest.raises(OptimizerStateError, match="group 'layer_9_decay'"):
+        load_optimizer_state(build_optimizer(config, model), relabelled)
+    with pytest.raises(OptimizerStateError, match='not an optimizer state dict'):
+        load_optimizer_state(build_optimizer(config, model), {'state': []})
+    other = build_optimizer(tiny_config(opts=APE_SHARED), tiny_model(opts=APE_SHARED)).state_dict()
+    with pytest.raises(OptimizerStateError, match='differ from the model'):
+        load_optimizer_state(build_optimizer(config, model), other)
+
+
+def test_resume_optimizer_falls_back_to_a_fresh_optimizer_and_sets_the_lr():
+    config, model = tiny_config(), tiny_model()
+    saved, _ = original_state(model)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, n_iter_per_epoch=10, world_size=1)
+    notes = resume_optimizer(optimizer, scheduler, {'optimizer': {**saved, 'param_groups': []}, 'amp': {}}, 35)
+    levels = [level for level, _ in notes]
+    assert levels.count(logging.WARNING) == 1 and 'starting from a fresh optimizer' in notes[0][1]
+    assert any("apex 'amp'" in text for _, text in notes)
+    assert not optimizer.state  # fresh: no moments
+    for group in optimizer.param_groups:  # the LR of update 35 from this config's schedule
+        assert group['lr'] == pytest.approx(lr_at(scheduler, 35) * group['lr_scale'])
+    notes = resume_optimizer(optimizer, scheduler, {'optimizer': saved}, 35)
+    assert [level for level, _ in notes] == [logging.INFO] and 'original code' in notes[0][1]
+    assert optimizer.state

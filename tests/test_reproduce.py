@@ -239,6 +239,23 @@ def test_committed_results_readme_is_what_the_committed_runs_give():
     assert reproduce.setup_description(results, make_plan()) in committed
 
 
+def test_committed_runs_are_read_with_the_meanings_they_were_written_with():
+    """results/runs was written before train_log.json `loss` became the original's running mean and
+    val_log.json `time` the mean per batch: their `loss` is each step's, their `time` the whole pass."""
+    out = os.path.join(os.path.dirname(reproduce.__file__), 'results')
+    run = load_results(out, make_plan())['cyclic'][0]
+    run_dir = os.path.join(out, 'runs', 'magnitude_cyclic_seed0')
+    with open(os.path.join(run_dir, 'train_log.json')) as f:
+        lines = [json.loads(line) for line in f]
+    with open(os.path.join(run_dir, 'val_log.json')) as f:
+        val_lines = [json.loads(line) for line in f]
+    assert 'step_loss' not in lines[0] and 'total_time' not in val_lines[0]
+    assert run.train['step_loss'].tolist() == [r['loss'] for r in lines]
+    steps = len(lines) // len(val_lines)
+    assert run.train['loss'][steps + 4] == pytest.approx(np.mean([r['loss'] for r in lines[steps:steps + 5]]))
+    assert run.val['total_time'].tolist() == [r['time'] for r in val_lines]
+
+
 # -----------------------------------------------------------------------------
 # Skip if done, and a killed reproduce.py that continues
 # -----------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def final_state(run_dir):
 def losses(run_dir):
     train = read_jsonl(run_dir / 'train_log.json')
     val = read_jsonl(run_dir / 'val_log.json')
-    return [(r['iteration'], r['loss'], r['patch_drop_ratio']) for r in train], \
+    return [(r['iteration'], r['loss'], r['step_loss'], r['patch_drop_ratio']) for r in train], \
         [(r['epoch'], r['acc1'], r['loss']) for r in val]
 
 

@@ -28,7 +28,9 @@ def write_jsonl(path, records):
 
 
 def train_record(epoch, iteration, loss=2.0, time=0.3, drop=0.0):
-    return {'epoch': epoch, 'iteration': iteration, 'loss': loss, 'lr': 1e-3, 'time': time, 'cpu_time': 0.01,
+    """A line of the current format; `loss` stands in for both the running mean and the step's loss."""
+    return {'epoch': epoch, 'iteration': iteration, 'loss': loss, 'step_loss': loss, 'lr': 1e-3, 'time': time,
+            'cpu_time': 0.01,
             'gpu_time': time - 0.01, 'memory': 1234.5, 'patch_drop_ratio': drop}
 
 
@@ -46,7 +48,8 @@ def make_run(root, name, schedule='cyclic', seed=0):
         train.append(train_record(i // ITERS, i, 2.5 - i / 40 + rng.normal(0, 0.1), time, drop))
     write_jsonl(run / 'train_log.json', train)
     write_jsonl(run / 'val_log.json', [{'epoch': e, 'loss': 1.5 - 0.2 * e, 'acc1': 50 + 10 * e + seed,
-                                        'acc5': 80 + 5 * e, 'time': 4.0, 'memory': 900.0} for e in range(EPOCHS)])
+                                        'acc5': 80 + 5 * e, 'time': 0.5, 'total_time': 4.0, 'memory': 900.0}
+                                       for e in range(EPOCHS)])
     write_jsonl(run / 'sweep_drop.json', [
         {'drop_ratio': d, 'acc1': 70 - 40 * d ** 2 + seed, 'acc5': 90 - 20 * d ** 2, 'loss': 1 + d, 'time': 3.0,
          'throughput': 1000 / (1.1 - d), 'model_throughput': 1500 / (1.1 - d), 'num_tokens': round((1 - d) * 65)}
@@ -74,7 +77,7 @@ def make_run(root, name, schedule='cyclic', seed=0):
         'class_to_idx': {f'class_{i}': i for i in range(num_classes)}, 'patch_size': 4}))
     (run / 'patch_distribution.json').write_text(json.dumps({
         'drop_ratios': list(DROP_RATIOS),
-        'counts': [rng.binomial(50, 1 - d, size=(8, 8)).tolist() for d in DROP_RATIOS],
+        'counts': [rng.binomial(50, 1 - d, size=64).tolist() for d in DROP_RATIOS],  # flat, row-major
         'grid_shape': [8, 8], 'num_images': 50}))
     return run
 
@@ -196,7 +199,7 @@ def test_read_sweep_and_json_errors(runs, tmp_path):
 # -----------------------------------------------------------------------------
 def test_epoch_end_hours_adds_training_and_validation_time():
     train = {'epoch': np.array([0, 0, 1, 1]), 'time': np.full(4, 1800.0)}
-    val = {'epoch': np.array([0, 1]), 'time': np.array([360.0, 360.0]), 'line': np.array([1, 2])}
+    val = {'epoch': np.array([0, 1]), 'total_time': np.array([360.0, 360.0]), 'line': np.array([1, 2])}
     assert epoch_end_hours(train, val).tolist() == pytest.approx([1.1, 2.2])
     with pytest.raises(VizInputError, match='line 1: epoch 0 has no training iterations'):
         epoch_end_hours({'epoch': np.array([1, 1]), 'time': np.ones(2)}, val, 'val_log.json')
@@ -347,12 +350,28 @@ def test_patch_distribution_fractions(runs):
     data = json.loads((runs['cyclic_s0'] / 'patch_distribution.json').read_text())
     drop_ratios, fractions = kept_fractions(data)
     assert drop_ratios.tolist() == list(DROP_RATIOS)
-    assert np.allclose(fractions, np.asarray(data['counts']) / 50)
+    flat = np.asarray(data['counts'])  # the original's form: position p is row p // 8, column p % 8
+    assert fractions.shape == (5, 8, 8)
+    assert fractions[:, 2, 5].tolist() == (flat[:, 2 * 8 + 5] / 50).tolist()
+    assert np.array_equal(fractions, flat.reshape(5, 8, 8) / 50)
+    # this project's earlier form, one [grid_h][grid_w] grid per ratio, reads the same
+    _, from_grids = kept_fractions({**data, 'counts': flat.reshape(5, 8, 8).tolist()})
+    assert np.array_equal(from_grids, fractions)
     grid = np.arange(16, dtype=float).reshape(4, 4)
     assert centre_and_corners(grid) == (7.5, 7.5)  # centre 5, 6, 9, 10; corners 0, 3, 12, 15
-    with pytest.raises(VizInputError, match=r"'counts' has shape \[5, 8, 8\]; expected \[5 drop ratios\] \+ "
-                                            r"grid_shape \[4, 4\]"):
+    with pytest.raises(VizInputError, match=r"'counts' has shape \[5, 64\]; expected \[5 drop ratios, "
+                                            r"grid_h \* grid_w\] for grid_shape \[4, 4\]"):
         kept_fractions({**data, 'grid_shape': [4, 4]}, 'x.json')
+
+
+def test_patch_distribution_figure_leaves_out_rho_1(runs):
+    """As the original's figure: drop ratio 0.0 (every image keeps every position) gets no panel."""
+    from viz.patch_distribution import plot_patch_distribution
+
+    data = json.loads((runs['cyclic_s0'] / 'patch_distribution.json').read_text())
+    fig = plot_patch_distribution(data)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ['ρ = 0.8', 'ρ = 0.6', 'ρ = 0.4', 'ρ = 0.2']
 
 
 # -----------------------------------------------------------------------------
@@ -453,3 +472,65 @@ def test_long_train_log(tmp_path):
     assert_png(out, fig)
     # downsampled: a drawn curve holds about MAX_POINTS points, not 250,200
     assert len(fig.axes[0].lines[0].get_xdata()) <= 2001
+
+
+# -----------------------------------------------------------------------------
+# Logs written with the old meanings
+# -----------------------------------------------------------------------------
+STEP_LOSSES = [2.0, 1.0, 3.0, 1.5, 0.5, 1.0]  # epochs 0, 0, 0, 1, 1, 1
+RUNNING_MEANS = [2.0, 1.5, 2.0, 1.5, 1.0, 1.0]  # by hand: the mean of each epoch's losses so far
+
+
+def old_train_lines(losses):
+    return [{**train_record(i // 3, i, losses[i]), 'step_loss': None} for i in range(6)]
+
+
+def write_log(folder, name, records):
+    folder.mkdir(exist_ok=True)
+    write_jsonl(folder / name, [{k: v for k, v in r.items() if v is not None} for r in records])
+    return str(folder / name)
+
+
+def test_logs_of_every_format_read_with_the_originals_meanings(tmp_path):
+    from viz.common import epoch_running_mean, step_losses_from_running_mean
+
+    epochs = np.array([0, 0, 0, 1, 1, 1])
+    assert epoch_running_mean(epochs, STEP_LOSSES).tolist() == RUNNING_MEANS
+    assert step_losses_from_running_mean(epochs, RUNNING_MEANS).tolist() == pytest.approx(STEP_LOSSES)
+
+    # the current format: both fields as written
+    new = write_log(tmp_path / 'new', 'train_log.json',
+                    [{**train_record(i // 3, i, RUNNING_MEANS[i]), 'step_loss': STEP_LOSSES[i]} for i in range(6)])
+    log = read_train_log(new, ('loss',))
+    assert log['loss'].tolist() == RUNNING_MEANS and log['step_loss'].tolist() == STEP_LOSSES
+
+    # this project's logs before the rename (results/runs): `loss` was the step's loss
+    ours = write_log(tmp_path / 'ours', 'train_log.json', old_train_lines(STEP_LOSSES))
+    (tmp_path / 'ours' / 'config.yaml').write_text('SEED: 0\n')
+    log = read_train_log(ours, ('step_loss',))
+    assert log['step_loss'].tolist() == STEP_LOSSES and log['loss'].tolist() == RUNNING_MEANS
+
+    # the original's logs (its run folder has config.json, no config.yaml): `loss` is the running mean
+    original = write_log(tmp_path / 'original', 'train_log.json', old_train_lines(RUNNING_MEANS))
+    (tmp_path / 'original' / 'config.json').write_text('MODEL:\n  NAME: fracpatch\n')  # YAML text, as it wrote
+    log = read_train_log(original, ('step_loss',))
+    assert log['step_loss'].tolist() == pytest.approx(STEP_LOSSES) and log['loss'].tolist() == RUNNING_MEANS
+
+    val = [{'epoch': e, 'loss': 1.0, 'acc1': 50.0, 'acc5': 90.0, 'time': 0.25, 'total_time': 10.0, 'memory': 1.0}
+           for e in range(2)]
+    log = read_val_log(write_log(tmp_path / 'new', 'val_log.json', val), ('time',))
+    assert log['time'].tolist() == [0.25, 0.25] and log['total_time'].tolist() == [10.0, 10.0]
+    old_val = [{**r, 'total_time': None, 'time': 10.0} for r in val]  # our `time` was the whole pass
+    log = read_val_log(write_log(tmp_path / 'ours', 'val_log.json', old_val), ('total_time',))
+    assert log['total_time'].tolist() == [10.0, 10.0] and np.isnan(log['time']).all()
+    original_val = [{**r, 'total_time': None} for r in val]  # the original's `time`: mean per batch
+    log = read_val_log(write_log(tmp_path / 'original', 'val_log.json', original_val), ('total_time',))
+    assert log['time'].tolist() == [0.25, 0.25] and np.isnan(log['total_time']).all()
+    # wall-clock axes then leave the unrecorded validation time out
+    train = read_train_log(original)
+    assert epoch_end_hours(train, log).tolist() == pytest.approx([0.9 / 3600, 1.8 / 3600])
+
+    mixed = write_log(tmp_path / 'mixed', 'train_log.json',
+                      [{**train_record(0, i, 1.0), **({'step_loss': None} if i else {})} for i in range(2)])
+    with pytest.raises(VizInputError, match="line 2: missing field 'step_loss'"):
+        read_train_log(mixed)

@@ -3,6 +3,16 @@
 A log is returned as a dict of 1-D numpy arrays, one per requested field, plus 'line': the 1-based
 line number of each record in its file, so that later checks can still point at a line.
 
+Field meanings are the original's: train_log.json `loss` is the running mean of the epoch's losses so
+far and `step_loss` the step's own; val_log.json `time` is the mean time per batch and `total_time`
+the whole pass. Logs without the new names are read too, and both names are filled in:
+- this project's logs from before the rename (any folder that is not an original run): `loss` was the
+  step's loss (the running mean is recomputed from it) and `time` the whole pass (`time` per batch
+  becomes NaN: it was not recorded);
+- the original code's logs (a folder with its config.json and no config.yaml): `step_loss` is
+  recovered from the running mean, step by step; `total_time` is NaN (not recorded), and wall-clock
+  axes then leave validation out, as the original's own figures did.
+
 Figures are built with `matplotlib.figure.Figure` rather than pyplot: saving a PNG then goes through
 the Agg canvas (PDF through the PDF canvas) without selecting a global backend, so importing these
 functions from another script or a notebook changes nothing there.
@@ -22,8 +32,8 @@ IMAGE_PATCHES = 'image_patches.json'
 PATCH_DISTRIBUTION = 'patch_distribution.json'
 
 # Fields the scripts need by default; a reader can be asked for more (each must be a number).
-TRAIN_FIELDS = ('epoch', 'iteration', 'loss', 'time', 'patch_drop_ratio')
-VAL_FIELDS = ('epoch', 'loss', 'acc1', 'time')
+TRAIN_FIELDS = ('epoch', 'iteration', 'step_loss', 'time', 'patch_drop_ratio')
+VAL_FIELDS = ('epoch', 'loss', 'acc1', 'total_time')
 SWEEP_FIELDS = ('drop_ratio', 'acc1', 'throughput')
 
 FIGURE_FORMATS = ('.png', '.pdf', '.svg')
@@ -62,10 +72,12 @@ def _first_bad_line(path, lines, line_numbers):
     return VizInputError(f'{path}: could not be read as JSON Lines')
 
 
-def read_jsonl(path, fields):
+def read_jsonl(path, fields, optional=()):
     """Read a JSON Lines file into {field: array} (+ 'line'); every record must hold every field as a number.
 
-    Blank lines are skipped. Raises FileNotFoundError or VizInputError naming the file and line.
+    A field in `optional` may be absent from every record (it is then left out of the result), but
+    not from some only. Blank lines are skipped. Raises FileNotFoundError or VizInputError naming the
+    file and line.
     """
     lines = _read_text(path).split('\n')
     line_numbers = [i for i, text in enumerate(lines, 1) if text and not text.isspace()]
@@ -83,6 +95,8 @@ def read_jsonl(path, fields):
 
     log = {'line': np.asarray(line_numbers)}
     for field in fields:
+        if field in optional and not any(field in record for record in records):
+            continue
         try:
             values = [record[field] for record in records]
         except KeyError:
@@ -113,13 +127,48 @@ def keep_last(log, key):
     return select(log, len(keys) - 1 - first_in_reversed)
 
 
+def is_original_run(path):
+    """Whether the log file `path` lies in a run folder of the original code: its config.json
+    and no config.yaml (this project writes both)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.exists(os.path.join(folder, 'config.json')) and not os.path.exists(os.path.join(folder, CONFIG))
+
+
+def _positions_in_epoch(epochs):
+    """0, 1, 2, ... within each run of equal epochs (records sorted by iteration)."""
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(epochs) != 0]))
+    return np.arange(len(epochs)) - np.repeat(starts, np.diff(np.append(starts, len(epochs))))
+
+
+def epoch_running_mean(epochs, step_losses):
+    """The mean of each epoch's step losses up to and including each step (the original's `loss`)."""
+    k = _positions_in_epoch(epochs)
+    sums = np.cumsum(step_losses, dtype=float)
+    starts = sums - np.asarray(step_losses, dtype=float)  # cumulative sum before each step...
+    epoch_start = starts[np.arange(len(k)) - k]  # ... taken at the first step of its epoch
+    return (sums - epoch_start) / (k + 1)
+
+
+def step_losses_from_running_mean(epochs, running_mean):
+    """Invert epoch_running_mean: step k of an epoch had (k + 1) m_k - k m_(k-1)."""
+    k = _positions_in_epoch(epochs)
+    mean = np.asarray(running_mean, dtype=float)
+    previous = np.where(k > 0, np.roll(mean, 1), 0.0)
+    return (k + 1) * mean - k * previous
+
+
 def read_train_log(path, fields=TRAIN_FIELDS):
     """train_log.json, one record per iteration, sorted by iteration (repeats after a resume: last wins).
 
     Iterations must be contiguous: hours are the cumulative sum of the per-iteration times, and a
-    missing stretch would silently shorten them.
+    missing stretch would silently shorten them. Asking for `loss` or `step_loss` gives both, from
+    logs of any format (see the module docstring).
     """
-    log = keep_last(read_jsonl(path, tuple(dict.fromkeys(('epoch', 'iteration') + tuple(fields)))), 'iteration')
+    fields = tuple(dict.fromkeys(('epoch', 'iteration') + tuple(fields)))
+    losses = {'loss', 'step_loss'} & set(fields)
+    if losses:
+        fields = tuple(f for f in fields if f not in losses) + ('loss', 'step_loss')
+    log = keep_last(read_jsonl(path, fields, optional=('step_loss',)), 'iteration')
     gaps = np.flatnonzero(np.diff(log['iteration']) != 1)
     if len(gaps):
         before, after = log['iteration'][gaps[0]], log['iteration'][gaps[0] + 1]
@@ -130,12 +179,29 @@ def read_train_log(path, fields=TRAIN_FIELDS):
         k = np.flatnonzero(np.diff(log['epoch']) < 0)[0] + 1
         raise VizInputError(f'{path} line {log["line"][k]}: epoch {log["epoch"][k]} after epoch '
                             f'{log["epoch"][k - 1]} at a later iteration')
+    if losses and 'step_loss' not in log:  # a log from before the rename, or the original's
+        if is_original_run(path):
+            log['step_loss'] = step_losses_from_running_mean(log['epoch'], log['loss'])
+        else:
+            log['step_loss'], log['loss'] = log['loss'], epoch_running_mean(log['epoch'], log['loss'])
     return log
 
 
 def read_val_log(path, fields=VAL_FIELDS):
-    """val_log.json, one record per epoch, sorted by epoch (repeats after a resume: last wins)."""
-    return keep_last(read_jsonl(path, tuple(dict.fromkeys(('epoch',) + tuple(fields)))), 'epoch')
+    """val_log.json, one record per epoch, sorted by epoch (repeats after a resume: last wins).
+    Asking for `time` or `total_time` gives both, from logs of any format (see the module docstring)."""
+    fields = tuple(dict.fromkeys(('epoch',) + tuple(fields)))
+    times = {'time', 'total_time'} & set(fields)
+    if times:
+        fields = tuple(f for f in fields if f not in times) + ('time', 'total_time')
+    log = keep_last(read_jsonl(path, fields, optional=('total_time',)), 'epoch')
+    if times and 'total_time' not in log:  # not recorded under that name: see the module docstring
+        unknown = np.full(len(log['epoch']), np.nan)
+        if is_original_run(path):
+            log['total_time'] = unknown
+        else:
+            log['total_time'], log['time'] = log['time'], unknown
+    return log
 
 
 def read_sweep(path, fields=SWEEP_FIELDS):
@@ -225,7 +291,8 @@ def epoch_end_hours(train, val, source='val_log'):
                             f'iterations in the training log')
     train_hours = np.cumsum(train['time'], dtype=float) / 3600
     ends = np.searchsorted(train['epoch'], val['epoch'], side='right')  # one past each epoch's last iteration
-    return train_hours[ends - 1] + np.cumsum(val['time'], dtype=float) / 3600
+    # a validation time not recorded (NaN: the original's logs) counts as none, as in its own figures
+    return train_hours[ends - 1] + np.cumsum(np.nan_to_num(val['total_time']), dtype=float) / 3600
 
 
 def time_unit(hours):

@@ -73,7 +73,7 @@ def load_run(run):
     """(train_log, val_log, sweep or None) of a run folder."""
     train = read_train_log(os.path.join(run, TRAIN_LOG))
     val_path = os.path.join(run, VAL_LOG)
-    val = read_val_log(val_path, ('acc1', 'time'))
+    val = read_val_log(val_path, ('acc1', 'total_time'))
     epoch_end_hours(train, val, val_path)  # check now, so an error names the file
     sweep_path = os.path.join(run, SWEEP)
     if not os.path.exists(sweep_path):

@@ -3,10 +3,12 @@
     python viz/patch_distribution.py --runs output/pss/cyclic [output/pss/cyclic_random ...] --out dist.png
 
 Reads <run>/patch_distribution.json (written by the top-level patch_distribution.py, which draws the
-same figure through `plot_patch_distribution`): counts / num_images per position, one panel per rho,
-one row per run, one colour scale from 0 to 1 for all panels. Under each panel: the fraction at the
-centre and at the corners (the paper: magnitude selection at rho 0.6 keeps a centre position for about
-66% of images, a corner for about 54%).
+same figure through `plot_patch_distribution`): counts / num_images per position, one panel per rho
+below 1 (at rho = 1 every image keeps every position; the original's figure left that entry out too),
+one row per run, one colour scale from 0 to 1 for all panels. `counts` is read in the original's form,
+one flat row-major list per drop ratio, and in this project's earlier form, one [grid_h][grid_w] grid.
+Under each panel: the fraction at the centre and at the corners (the paper: magnitude selection at
+rho 0.6 keeps a centre position for about 66% of images, a corner for about 54%).
 """
 import os
 import sys
@@ -37,15 +39,17 @@ def kept_fractions(data, source='patch_distribution data'):
         grid_shape = tuple(int(n) for n in data['grid_shape'])
     except (TypeError, ValueError):
         raise VizInputError(f"{source}: 'drop_ratios', 'counts' and 'grid_shape' must be (nested) lists of "
-                            f"numbers, 'counts' one [grid_h][grid_w] grid per drop ratio") from None
+                            f"numbers, 'counts' one list of grid_h * grid_w per drop ratio") from None
     num_images = data['num_images']
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
         raise VizInputError(f"{source}: 'num_images' is {num_images!r}; expected a positive integer")
     if drop_ratios.ndim != 1 or len(drop_ratios) == 0:
         raise VizInputError(f"{source}: 'drop_ratios' must be a non-empty list")
+    if len(grid_shape) == 2 and counts.shape == (len(drop_ratios), grid_shape[0] * grid_shape[1]):
+        counts = counts.reshape(len(drop_ratios), *grid_shape)  # the flat row-major form (the original's)
     if counts.shape != (len(drop_ratios), *grid_shape):
         raise VizInputError(f"{source}: 'counts' has shape {list(counts.shape)}; expected "
-                            f"[{len(drop_ratios)} drop ratios] + grid_shape {list(grid_shape)}")
+                            f"[{len(drop_ratios)} drop ratios, grid_h * grid_w] for grid_shape {list(grid_shape)}")
     if counts.min() < 0 or counts.max() > num_images:
         raise VizInputError(f"{source}: 'counts' must lie in [0, num_images = {num_images}]")
     return drop_ratios, counts / num_images
@@ -59,6 +63,13 @@ def centre_and_corners(fractions):
     return float(centre.mean()), float(corners.mean())
 
 
+def _informative(drop_ratios, fractions):
+    """The panels worth drawing: those below rho = 1, where every image keeps every position (all of
+    them if there is nothing else)."""
+    shown = keep_ratio(drop_ratios) < 1
+    return (drop_ratios[shown], fractions[shown]) if shown.any() else (drop_ratios, fractions)
+
+
 def plot_patch_distribution(data, out_path=None, labels=None, source='patch_distribution data'):
     """Draw patch_distribution.json's contents: one dict (one row), or a list of them (one row each,
     named by `labels`). Returns the Figure."""
@@ -67,7 +78,7 @@ def plot_patch_distribution(data, out_path=None, labels=None, source='patch_dist
         raise VizInputError('no patch distributions to draw')
     if labels is not None and len(labels) != len(datasets):
         raise VizInputError(f'got {len(labels)} labels for {len(datasets)} patch distributions')
-    rows = [kept_fractions(d, source) for d in datasets]
+    rows = [_informative(*kept_fractions(d, source)) for d in datasets]
     num_cols = max(len(drop_ratios) for drop_ratios, _ in rows)
     fig = Figure(figsize=(2.2 * num_cols + 1.0, 2.4 * len(rows) + 0.4), layout='constrained')
     axes = fig.subplots(len(rows), num_cols, squeeze=False)

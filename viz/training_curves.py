@@ -3,9 +3,10 @@ r"""Training and validation curves of one or more runs, against iterations, epoc
     python viz/training_curves.py --runs output/pss/baseline output/pss/cyclic --labels baseline cyclic \
         --out curves.png [--smooth 500]
 
-A 3 x 2 grid: training loss (a trailing moving average) against iteration and against wall-clock time
-(the cumulative sum of each iteration's `time`); validation top-1 accuracy, then validation loss, against
-epoch and against time (training time up to the end of the epoch plus the validation passes so far).
+A 3 x 2 grid: training loss (a trailing moving average of each step's `step_loss`) against iteration
+and against wall-clock time (the cumulative sum of each iteration's `time`); validation top-1
+accuracy, then validation loss, against epoch and against time (training time up to the end of the
+epoch plus the validation passes so far, `total_time`).
 Time is in minutes when every run is shorter than an hour, in hours otherwise.
 Reads <run>/train_log.json and <run>/val_log.json; a run without a val_log.json (still in its first
 epoch) shows its training loss only. Prints each run's final and best accuracy and its hours.
@@ -43,7 +44,8 @@ def plot_training_curves(runs, out_path=None, smooth=None):
     axes = fig.subplots(3, 2, sharey='row')
     colors = label_colors([label for label, _, _ in runs])
     drawn, windows = set(), set()
-    seconds = [np.sum(train['time']) + (np.sum(val['time']) if val is not None else 0) for _, train, val in runs]
+    seconds = [np.sum(train['time']) + (np.nansum(val['total_time']) if val is not None else 0)
+               for _, train, val in runs]
     factor, _, unit_name = time_unit(np.array(seconds) / 3600)
     for label, train, val in runs:
         style = dict(color=colors[label], linewidth=1.2)
@@ -53,7 +55,7 @@ def plot_training_curves(runs, out_path=None, smooth=None):
         t = np.cumsum(train['time'], dtype=float) / 3600 * factor
         window = smooth or default_window(len(t))
         windows.add(window)
-        loss = moving_average(train['loss'], window)
+        loss = moving_average(train['step_loss'], window)
         index = downsample_index(len(t))  # after smoothing, so no iteration is lost from the mean
         axes[0, 0].plot(train['iteration'][index], loss[index], **style)
         axes[0, 1].plot(t[index], loss[index], color=colors[label], linewidth=1.2)
