@@ -1,5 +1,5 @@
-"""The training loop and the one evaluation function, shared by main_finetune.py, sweep_drop.py
-and image_patches.py."""
+"""The training loop and the one evaluation function, shared by main_finetune.py, main_simmim.py
+(the loop only), sweep_drop.py and image_patches.py."""
 import datetime
 import json
 import math
@@ -39,7 +39,8 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
     Every optimizer step takes ACCUMULATION_STEPS micro-batches, all at the drop ratio the patch
     scheduler gives before the step; gradients are clipped once, then the LR and patch schedulers
     advance once. `data_loader` yields the batches from step `start_step` on (mid-epoch resume);
-    `train_log` (rank 0) gets one JSON line per step with the original's fields.
+    `train_log` (rank 0) gets one JSON line per step with the original's fields. With `criterion`
+    None the loss is `model(samples, targets)` (SimMIM pre-training: images and masks).
     """
     model.train()
     bare = unwrap_model(model)
@@ -74,8 +75,8 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
         sync_context = model.no_sync() if (not last_micro and hasattr(model, 'no_sync')) else nullcontext()
         with sync_context:
             with autocast:
-                outputs = model(samples)
-                loss = criterion(outputs, targets)
+                # criterion None: the model returns its own loss (SimMIM: targets are the masks)
+                loss = criterion(model(samples), targets) if criterion is not None else model(samples, targets)
             scaler.scale(loss / accum).backward()
         step_loss += loss.item() / accum
         micro += 1
