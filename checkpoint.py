@@ -276,7 +276,8 @@ def load_pretrained(path, model, logger=None, trusted=False):
     """Initialise `model` from a SimMIM pre-training or a fine-tuned checkpoint (--pretrained).
 
     Accepts {'model': state_dict} or a bare state dict. Keys starting with `encoder.` are stripped
-    of it (the rest, the SimMIM decoder, is ignored); `relative_position_index` buffers are dropped
+    of it (the rest, the SimMIM decoder, is ignored and listed in the log; SimMIM's `mask_token`
+    is reported as an unexpected key); `relative_position_index` buffers are dropped
     (rebuilt); a shared `rel_pos_bias` table is copied into every block when the model has per-block
     tables instead; relative position tables and an absolute `pos_embed` are resized when the patch
     grid differs; `head.*` is dropped when its shape differs (another number of classes) and
@@ -291,7 +292,8 @@ def load_pretrained(path, model, logger=None, trusted=False):
     if any(k.startswith('encoder.') for k in state_dict):
         ignored = [k for k in state_dict if not k.startswith('encoder.')]
         state_dict = {k[len('encoder.'):]: v for k, v in state_dict.items() if k.startswith('encoder.')}
-        logger.info(f"stripped the 'encoder.' prefix; ignored {len(ignored)} keys outside the encoder")
+        logger.info("stripped the 'encoder.' prefix"
+                    + (f"; ignored {_listing('keys outside the encoder', sorted(ignored))}" if ignored else ''))
     state_dict = {k: v for k, v in state_dict.items() if not _is_rebuilt(k)}
     model_state = model.state_dict()
 
