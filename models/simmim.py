@@ -23,6 +23,9 @@ class VisionTransformerForSimMIM(VisionTransformer):
         super().__init__(**dict(kwargs, num_classes=0))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)  # SimMIM truncates at one std
+        # SimMIM's ViT initialises convolutions as its linear layers; fine-tuning loads this one
+        trunc_normal_(self.patch_embed.proj.weight, std=0.02)
+        nn.init.zeros_(self.patch_embed.proj.bias)
 
     def embed_masked(self, x, mask):
         """Images [B, C, H, W] and mask [B, h, w] -> tokens [B, 1 + h*w, D].

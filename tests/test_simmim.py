@@ -167,6 +167,20 @@ def test_encoder_output_and_checkpoint_names():
         model(images, mask)
 
 
+def test_pretraining_optimizer_groups_are_simmims():
+    from optimizer import param_groups_layer_decay
+    model = build_simmim(simmim_config())
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.65, base_lr=1.0)
+    # SimMIM's pre-training: no layer decay (every name is encoder.* / decoder.*), two groups
+    assert [g['lr_scale'] for g in groups] == [1.0, 1.0]
+    decay, no_decay = ({name for name, _ in g['params']} for g in groups)
+    assert [g['weight_decay'] for g in groups] == [0.05, 0.0]
+    assert {'encoder.cls_token', 'encoder.pos_embed', 'encoder.norm.weight', 'decoder.0.bias'} <= no_decay
+    assert {'encoder.mask_token', 'encoder.rel_pos_bias.relative_position_bias_table', 'decoder.0.weight',
+            'encoder.patch_embed.proj.weight'} <= decay
+    assert decay | no_decay == {name for name, _ in model.named_parameters()}
+
+
 # -------------------------------------------------------------------------------------- configs
 def test_simmim_vit_b_config_is_simmims():
     config = get_config(argparse.Namespace(cfg='configs/simmim/vit-b.yaml', opts=None))
