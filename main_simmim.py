@@ -1,7 +1,7 @@
 """SimMIM pre-training of the ViT that main_finetune.py fine-tunes with a patch sampling schedule.
 
     python -m torch.distributed.launch --nproc_per_node 8 main_simmim.py \\
-        --cfg configs/simmim/vit-b.yaml --data-path <imagenet> --output <dir>
+        --cfg configs/simmim/vit-b.yaml --data-path <imagenet>/train --output <dir>
     torchrun --nproc_per_node 8 main_simmim.py --cfg ...                 # the same
     python main_simmim.py --cfg configs/simmim/demo.yaml                 # the digits: one process, CPU
     python main_finetune.py --cfg configs/demo/magnitude_cyclic.yaml \\
@@ -36,7 +36,7 @@ from models import build_simmim
 from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
 from utils import (all_gather_object, autocast_dtype, barrier, get_rng_state, init_distributed_mode,
-                   set_rng_state)
+                   set_rng_state, unwrap_model)
 
 
 def get_parser():
@@ -128,7 +128,7 @@ def main(config, stop=None):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == 'cuda' else None,
             find_unused_parameters=model.encoder.fc_norm is not None)
-    bare = model.module if world_size > 1 else model
+    bare = unwrap_model(model)
 
     # ---- from here on the output folder is written ---------------------------------------------
     if rank == 0:

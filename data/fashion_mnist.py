@@ -15,6 +15,7 @@ train/ from the train files, val/ from the t10k files (the official test set), e
 """
 import gzip
 import os
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -45,7 +46,7 @@ def read_idx(path):
     try:
         with gzip.open(path, 'rb') as f:
             raw = f.read()
-    except (OSError, EOFError) as e:  # missing, unreadable, not gzip, or cut short
+    except (OSError, EOFError, zlib.error) as e:  # missing, unreadable, not gzip, cut short or corrupt
         raise DataError(f"cannot read the IDX file '{path}': {type(e).__name__}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
         raise DataError(f"'{path}' is not an IDX file of unsigned bytes (header {raw[:4].hex() or 'empty'})")

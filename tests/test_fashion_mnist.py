@@ -127,6 +127,12 @@ def test_broken_idx_files_are_named(idx_dir):
     path.write_bytes(good[:100])  # a cut gzip stream
     with pytest.raises(DataError, match='cannot read the IDX file'):
         read_idx(str(path))
+    stream = gzip.compress(raw)  # a 10-byte header, then deflate blocks
+    for corrupt in (stream[:10] + bytes(b ^ 0xFF for b in stream[10:13]) + stream[13:],  # zlib.error
+                    stream[:-8] + bytes(b ^ 0xFF for b in stream[-8:-4]) + stream[-4:]):  # CRC: BadGzipFile
+        path.write_bytes(corrupt)
+        with pytest.raises(DataError, match='cannot read the IDX file'):
+            read_idx(str(path))
     with gzip.open(path, 'wb') as f:
         f.write(b'\x00\x00\x0d\x03' + raw[4:])  # float type code
     with pytest.raises(DataError, match='not an IDX file of unsigned bytes'):
