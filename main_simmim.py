@@ -123,11 +123,12 @@ def main(config, stop=None):
             if 'rng' in state and len(state['rng']) == world_size:
                 set_rng_state(state['rng'][rank])
 
+    has_unused = model.encoder.fc_norm is not None  # USE_MEAN_POOLING: no part in the reconstruction
+    if config.TRAIN.COMPILE:
+        model = torch.compile(model, dynamic=False)
     if world_size > 1:
-        # fc_norm (USE_MEAN_POOLING) has no part in the reconstruction; DDP must be told
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == 'cuda' else None,
-            find_unused_parameters=model.encoder.fc_norm is not None)
+            model, device_ids=[local_rank] if device.type == 'cuda' else None, find_unused_parameters=has_unused)
     bare = unwrap_model(model)
 
     # ---- from here on the output folder is written ---------------------------------------------
