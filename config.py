@@ -34,13 +34,15 @@ _C.BASE = ['']  # YAML files this one inherits from, relative to it (list or sin
 # -----------------------------------------------------------------------------
 _C.DATA = CN()
 _C.DATA.BATCH_SIZE = 128  # batch size per process (per GPU)
-_C.DATA.DATA_PATH = ''  # dataset root holding train/ and val/ ImageFolders
-_C.DATA.DATASET = 'imagenet'  # 'imagenet' (any ImageFolder) or 'digits' (bundled scikit-learn demo)
+_C.DATA.DATA_PATH = ''  # dataset root holding train/ and val/ ImageFolders (fashion_mnist: the IDX files)
+_C.DATA.DATASET = 'imagenet'  # 'imagenet' (any ImageFolder), 'digits' (bundled demo) or 'fashion_mnist'
 _C.DATA.IMG_SIZE = 224  # input resolution
 _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation: random, bilinear or bicubic
 _C.DATA.PIN_MEMORY = True  # pin CPU memory in the data loaders (faster copies to the GPU)
 _C.DATA.NUM_WORKERS = 8  # data-loading worker processes per training process
 _C.DATA.SKIP_BAD_IMAGES = False  # skip images that cannot be decoded (with a warning) instead of failing
+_C.DATA.MASK_PATCH_SIZE = 32  # [SimMIM] side in pixels of the square blocks the pre-training mask is drawn on
+_C.DATA.MASK_RATIO = 0.6  # [SimMIM] fraction of those blocks masked (rounded up) in every image
 
 # -----------------------------------------------------------------------------
 # Model

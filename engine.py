@@ -1,5 +1,5 @@
-"""The training loop and the one evaluation function, shared by main_finetune.py, sweep_drop.py
-and image_patches.py."""
+"""The training loop and the one evaluation function, shared by main_finetune.py, main_simmim.py
+(the loop only), sweep_drop.py and image_patches.py."""
 import datetime
 import json
 import math
@@ -43,6 +43,8 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
     of this epoch's step losses so far (the original's running mean), `step_loss` the step's own.
     `epoch_loss` (an AverageMeter) holds that mean's sum and count; pass the one restored from a
     mid-epoch checkpoint to continue it.
+    With `criterion` None the loss is `model(samples, targets)` (SimMIM pre-training: images and
+    masks).
     """
     model.train()
     bare = unwrap_model(model)
@@ -78,8 +80,8 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
         sync_context = model.no_sync() if (not last_micro and hasattr(model, 'no_sync')) else nullcontext()
         with sync_context:
             with autocast:
-                outputs = model(samples)
-                loss = criterion(outputs, targets)
+                # criterion None: the model returns its own loss (SimMIM: targets are the masks)
+                loss = criterion(model(samples), targets) if criterion is not None else model(samples, targets)
             scaler.scale(loss / accum).backward()
         step_loss += loss.item() / accum
         micro += 1

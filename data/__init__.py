@@ -5,6 +5,7 @@
     dataset_train, dataset_val, data_loader_train, data_loader_val, mixup_fn = build_loader(config)
     dataset_val = build_dataset(is_train=False, config=config)
     dataset_val, data_loader_val = build_val_loader(config)   # evaluation only: train/ is not read
+    dataset, data_loader = build_pretrain_loader(config)      # SimMIM: (images, masks), data/masking.py
 
 Datasets (DATA.DATASET):
     'imagenet'  DATA.DATA_PATH/train and DATA.DATA_PATH/val, any ImageFolders with the same class
@@ -12,6 +13,9 @@ Datasets (DATA.DATASET):
     'digits'    scikit-learn's bundled 8x8 digits, exported once (atomically) to
                 <DATA.DATA_PATH or ~/.cache/pss>/digits_<IMG_SIZE>/{train,val}/<0..9>/<index>.png
                 (80/20 split, stratified, fixed) and then read the same way (see data/digits.py).
+    'fashion_mnist'  Fashion-MNIST's IDX files from DATA.DATA_PATH (default: the Debian package
+                dataset-fashion-mnist's /usr/share/datasets/fashion-mnist), exported once the same
+                way to fashion_mnist_<IMG_SIZE>/{train,val} (60,000 / 10,000; data/fashion_mnist.py).
 
 Checks: `build_loader` raises `DataError` (a ValueError) before any training, with a message naming
 the setting or path, for: an unknown DATA.DATASET or DATA.INTERPOLATION; an odd batch size with
@@ -56,9 +60,9 @@ or AUG.CUTMIX_MINMAX is set, else None.
 from .build import (DATASETS, build_dataset, build_loader, build_mixup, build_transform, build_val_loader,
                     set_train_epoch)
 from .folder import DataError
+from .masking import MaskGenerator, build_pretrain_loader
 from .samplers import ExactDistributedSampler, RepeatedAugmentationSampler, ResumableDistributedSampler
 
-__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'RepeatedAugmentationSampler',
-           'ResumableDistributedSampler', 'set_train_epoch',
-           'build_dataset',
+__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'MaskGenerator', 'RepeatedAugmentationSampler',
+           'ResumableDistributedSampler', 'set_train_epoch', 'build_dataset', 'build_pretrain_loader',
            'build_loader', 'build_mixup', 'build_transform', 'build_val_loader']

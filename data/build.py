@@ -14,15 +14,16 @@ from torchvision import transforms
 from utils import get_rank, get_world_size
 
 from .digits import export_digits
+from .fashion_mnist import export_fashion_mnist
 from .folder import DataError, check_same_classes, image_folder, split_dir
 from .samplers import ExactDistributedSampler, RepeatedAugmentationSampler, ResumableDistributedSampler
 from .seeding import SeededDataset
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ('imagenet', 'digits')
+DATASETS = ('imagenet', 'digits', 'fashion_mnist')
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'random')
-DEFAULT_CACHE_ROOT = os.path.join('~', '.cache', 'pss')  # digits export when DATA.DATA_PATH is empty
+DEFAULT_CACHE_ROOT = os.path.join('~', '.cache', 'pss')  # digits / fashion_mnist export when DATA.DATA_PATH is empty
 
 
 def _mixup_enabled(config):
@@ -43,12 +44,14 @@ def _check_settings(config, training=True):
 
 
 def dataset_root(config, training=True):
-    """The folder holding train/ and val/: DATA.DATA_PATH, or the exported digits under it.
+    """The folder holding train/ and val/: DATA.DATA_PATH, or the exported digits / Fashion-MNIST.
     `training` False: for evaluation only, so a Mixup setting does not restrict the batch size."""
     _check_settings(config, training)
     data_path = config.DATA.DATA_PATH
     if config.DATA.DATASET == 'digits':
         return export_digits(data_path or os.path.expanduser(DEFAULT_CACHE_ROOT), config.DATA.IMG_SIZE)
+    if config.DATA.DATASET == 'fashion_mnist':
+        return export_fashion_mnist(data_path, config.DATA.IMG_SIZE, os.path.expanduser(DEFAULT_CACHE_ROOT))
     if not data_path:
         raise DataError('DATA.DATA_PATH is not set: pass --data-path <folder with train/ and val/>')
     if not os.path.exists(data_path):

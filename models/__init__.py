@@ -3,19 +3,21 @@ import warnings
 # timm's HRNet file still uses torch.jit.interface, which warns at every import of timm.
 warnings.filterwarnings('ignore', message='`torch.jit.interface` is deprecated', category=FutureWarning)
 
+from .simmim import SimMIM, VisionTransformerForSimMIM  # noqa: E402
 from .vision_transformer import VisionTransformer  # noqa: E402
 
 MODEL_TYPES = ('pss_vit', 'vit')
 
 
-def build_model(config, num_classes=None):
+def build_model(config, num_classes=None, vit_class=VisionTransformer):
     """The network for config.MODEL.TYPE, its parts (SimMIM / BEiT or plain ViT) from MODEL.VIT.
     'vit' is the same network as 'pss_vit': baselines are trained with the drop ratio at 0 and can
-    still be evaluated at any keep rate."""
+    still be evaluated at any keep rate. `vit_class`: a VisionTransformer subclass taking the same
+    arguments (build_simmim's encoder)."""
     if config.MODEL.TYPE not in MODEL_TYPES:
         raise ValueError(f"unknown model type '{config.MODEL.TYPE}'; valid: {', '.join(MODEL_TYPES)}")
     vit = config.MODEL.VIT
-    return VisionTransformer(
+    return vit_class(
         img_size=config.DATA.IMG_SIZE,
         patch_size=vit.PATCH_SIZE,
         in_chans=vit.IN_CHANS,
@@ -38,4 +40,10 @@ def build_model(config, num_classes=None):
     )
 
 
-__all__ = ['VisionTransformer', 'build_model']
+def build_simmim(config):
+    """SimMIM pre-training of the network build_model(config) makes: its encoder is that ViT
+    (same arguments, no classifier) with a mask token; see models/simmim.py."""
+    return SimMIM(build_model(config, num_classes=0, vit_class=VisionTransformerForSimMIM))
+
+
+__all__ = ['SimMIM', 'VisionTransformer', 'VisionTransformerForSimMIM', 'build_model', 'build_simmim']

@@ -318,8 +318,9 @@ class VisionTransformer(nn.Module):
             idx = torch.arange(self.num_tokens, device=x.device).expand(x.shape[0], -1)
         return idx
 
-    def forward_features(self, x):
-        x, idx = self._select(self.embed(x))
+    def forward_tokens(self, x):
+        """Tokens [B, N, D] (from `embed`) -> [B, K, D]: patch selection, the blocks, the final norm."""
+        x, idx = self._select(x)
         if idx is None:
             idx = torch.arange(self.num_tokens, device=x.device).unsqueeze(0)  # [1, N]: every token
         kept_pairs = kept_pair_index(idx, self.num_tokens)  # [B', K, K'], once for all blocks
@@ -329,7 +330,10 @@ class VisionTransformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, kept_pairs, shared_bias, use_reentrant=False)
             else:
                 x = block(x, kept_pairs, shared_bias)
-        x = self.norm(x)
+        return self.norm(x)
+
+    def forward_features(self, x):
+        x = self.forward_tokens(self.embed(x))
         if self.fc_norm is not None:
             return self.fc_norm(x[:, 1:].mean(dim=1))  # mean of the kept patch tokens
         return x[:, 0]
