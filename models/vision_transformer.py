@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 
-from .patch_selection import PATCH_SCORE_FUNCS, gather_tokens, num_kept_tokens, select_tokens
+from .patch_selection import (PATCH_SCORE_FUNCS, gather_tokens, num_kept_tokens, random_scores, select_tokens,
+                              top_tokens)
 
 
 def build_relative_position_index(grid_size):
@@ -97,6 +98,18 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def forward_subset(self, x, patch_idx):
+        """Only some patches: x [B, C, H, W], patch_idx [B, M] (patch numbers, row-major) -> [B, M, D].
+
+        The convolution's products as one matmul over the M patches named; the others are never
+        embedded. Equal to forward() gathered, up to the order of the sums.
+        """
+        p = self.proj.kernel_size[0]
+        B, C = x.shape[:2]
+        patches = x.unfold(2, p, p).unfold(3, p, p)  # [B, C, H/p, W/p, p, p]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(B, self.num_patches, C * p * p)  # weight's order
+        return F.linear(gather_tokens(patches, patch_idx), self.proj.weight.flatten(1), self.proj.bias)
 
 
 class RelativePositionBias(nn.Module):
@@ -309,10 +322,28 @@ class VisionTransformer(nn.Module):
         idx = select_tokens(x, num_keep, PATCH_SCORE_FUNCS[self.patch_drop_func])
         return gather_tokens(x, idx), idx
 
+    def _embed_random_subset(self, x, num_keep):
+        """Random selection needs no embedding to choose from: images [B, C, H, W] -> (kept tokens
+        [B, K, D], indices [B, K]) with only the kept patches embedded (same draws as _select)."""
+        B = x.shape[0]
+        idx = top_tokens(random_scores(B, self.num_tokens - 1, x.device), num_keep)  # [B, K], CLS first
+        tokens = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed.forward_subset(x, idx[:, 1:] - 1)],
+                           dim=1)
+        if self.pos_embed is not None:
+            tokens = tokens + gather_tokens(self.pos_embed.expand(B, -1, -1), idx)
+        return self.pos_drop(tokens), idx
+
+    def embed_and_select(self, x):
+        """Images [B, C, H, W] -> (kept tokens [B, K, D], kept indices [B, K] or None for all)."""
+        num_keep = self.num_kept_tokens()
+        if num_keep < self.num_tokens and self.patch_drop_func == 'random':
+            return self._embed_random_subset(x, num_keep)
+        return self._select(self.embed(x))
+
     @torch.no_grad()
     def get_kept_token_indices(self, x):
         """Indices [B, K] (CLS = 0 first) of the tokens the model keeps for images x [B, C, H, W]."""
-        _, idx = self._select(self.embed(x))
+        _, idx = self.embed_and_select(x)
         if idx is None:
             idx = torch.arange(self.num_tokens, device=x.device).expand(x.shape[0], -1)
         return idx
@@ -343,7 +374,7 @@ class VisionTransformer(nn.Module):
         return [(b + shared_bias).to(dtype or b.dtype) for b in own]
 
     def forward_features(self, x):
-        x, idx = self._select(self.embed(x))
+        x, idx = self.embed_and_select(x)
         if idx is None:
             idx = torch.arange(self.num_tokens, device=x.device).unsqueeze(0)  # [1, N]: every token
         biases = self.relative_position_biases(idx, x.device.type)
