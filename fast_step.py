@@ -20,9 +20,7 @@ graph is one launch instead of about 900 for an eager step, which at small rho i
 step's time (benchmarks/RESULTS.md). The first step with a key runs eagerly on a side stream (it
 creates the optimizer state, and warms up cuBLAS and the autograd engine), the second is captured
 and then replayed, every later one only replayed. What must outlive a step lives outside the pool,
-so that graphs can be replayed in any order: the weights, the gradients (zeroed in place at the
-start of each step instead of set to None at its end), the optimizer state, the learning rates (one
-device tensor per parameter group, refreshed from `param_groups` before every step, so the LR
+so that graphs can be replayed in any order: the weights, the optimizer state, the learning rates (one
 scheduler works unchanged) and the GradScaler's scale. What the graphs bake in: the batch shape
 (every batch is copied into one static input), the weight decay, betas and eps of every group,
 `clip_grad`, the model's train mode and structure. Random numbers (drop path, random selection)
@@ -61,16 +59,22 @@ def check_cuda_graphs(config, world_size):
         raise CudaGraphsError('TRAIN.CUDA_GRAPHS: ' + '; '.join(problems))
 
 
+def model_device(model):
+    return next(model.parameters()).device
+
+
 class TrainStep:
     """One optimizer step per call, eager or from CUDA graphs; see the module docstring."""
 
     def __init__(self, model, criterion, optimizer, scaler, clip_grad=0.0, autocast_dtype=None,
-                 cuda_graphs=False):
+                 cuda_graphs=False, grads_to_none=None):
         self.model, self.criterion, self.optimizer, self.scaler = model, criterion, optimizer, scaler
+        # eager: gradients set to None after the step, except on CPU (as engine.py)
+        self.grads_to_none = grads_to_none if grads_to_none is not None else model_device(model).type != 'cpu'
         self.max_norm = clip_grad if clip_grad > 0 else float('inf')
         self.autocast_dtype = autocast_dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.device = self.params[0].device
+        self.device = model_device(model)
         self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
         self.graphs = {}  # key -> torch.cuda.CUDAGraph
         self.warmed_up = set()  # keys whose first (eager) step has run
@@ -100,7 +104,7 @@ class TrainStep:
         if not self.cuda_graphs:
             loss, grad_norm = self._forward_backward_update(samples, targets)
             # as engine.py: keeping CPU gradient buffers avoids re-faulting their pages every step
-            self.optimizer.zero_grad(set_to_none=self.device.type != 'cpu')
+            self.optimizer.zero_grad(set_to_none=self.grads_to_none)
             return torch.stack([loss.float(), grad_norm.float()])
         self._copy_inputs(samples, targets)
         with self._device_learning_rates():
@@ -116,10 +120,10 @@ class TrainStep:
 
     # --- CUDA graphs --------------------------------------------------------------------------------
     def _graphed_step(self):
-        """The captured body: gradients zeroed in place, the step, its results into static_stats."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)
+        """The captured body. Gradients are set to None first (no kernel), so that backward
+        allocates them inside the capture, from the graphs' pool: they live within a step only, and
+        a graph's gradients may share memory with another graph's temporaries."""
+        self.optimizer.zero_grad(set_to_none=True)
         loss, grad_norm = self._forward_backward_update(self.static_samples, self.static_targets)
         self.static_stats.copy_(torch.stack([loss.float(), grad_norm.float()]))
 
