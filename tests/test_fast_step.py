@@ -205,3 +205,18 @@ def test_stop_request_with_several_processes_reduces_every_nth_call_on_every_ran
     assert answers == [False, False, False, True] * 2  # the stop lands on the same call on every rank
     assert len(reduced) == 2
     assert stop.any_rank() and len(reduced) == 3  # the epoch-end check always reduces
+
+
+def test_profile_gpu_idle_fraction_from_a_chrome_trace(tmp_path):
+    from benchmarks.profile_step import STEP_LABEL, device_busy, union_length
+    assert union_length([(0, 4), (2, 6), (10, 11)]) == 7
+    window = {'name': STEP_LABEL, 'ph': 'X', 'cat': 'user_annotation'}
+    events = [dict(window, ts=100, dur=100), dict(window, ts=300, dur=50),
+              {'name': 'k1', 'ph': 'X', 'cat': 'kernel', 'ts': 90, 'dur': 30},       # 20 inside the first step
+              {'name': 'k2', 'ph': 'X', 'cat': 'kernel', 'ts': 110, 'dur': 20},      # overlaps k1 by 10
+              {'name': 'c', 'ph': 'X', 'cat': 'gpu_memcpy', 'ts': 320, 'dur': 10},   # 10 in the second
+              {'name': 'k3', 'ph': 'X', 'cat': 'kernel', 'ts': 250, 'dur': 10},      # between steps: not counted
+              {'name': 'cpu', 'ph': 'X', 'cat': 'cpu_op', 'ts': 100, 'dur': 100}]
+    trace = tmp_path / 'trace.json'
+    trace.write_text(__import__('json').dumps({'traceEvents': events}))
+    assert device_busy(trace) == (150, 40, 3)  # wall, busy (100..130 and 320..330), device operations
