@@ -16,12 +16,16 @@ with one micro-batch per step, operator for operator, so both give bit-identical
 
 With `cuda_graphs` the whole step is captured as a CUDA graph, one graph per `key`, the kept-token
 count (a fixed set of shapes each; five on the 0.2 grid), all in one memory pool. Replaying a
-graph is one launch instead of about 900 for an eager step, which at small rho is most of a GPU
+graph is one launch instead of about 920 for an eager ViT-B step, which at small rho is most of a GPU
 step's time (benchmarks/RESULTS.md). The first step with a key runs eagerly on a side stream (it
 creates the optimizer state, and warms up cuBLAS and the autograd engine), the second is captured
 and then replayed, every later one only replayed. What must outlive a step lives outside the pool,
-so that graphs can be replayed in any order: the weights, the optimizer state, the learning rates (one
-scheduler works unchanged) and the GradScaler's scale. What the graphs bake in: the batch shape
+so that graphs can be replayed in any order: the weights, the optimizer state (created by the first
+eager step), the learning rates (one device tensor per parameter group, refreshed from
+`param_groups` before every step, so the LR scheduler works unchanged) and the GradScaler's scale.
+Gradients live within a step only: they come from the pool (set to None before each step, as in
+PyTorch's whole-network capture example), so one graph's gradients may share memory with another
+graph's temporaries. What the graphs bake in: the batch shape
 (every batch is copied into one static input), the weight decay, betas and eps of every group,
 `clip_grad`, the model's train mode and structure. Random numbers (drop path, random selection)
 differ between replays: PyTorch advances the CUDA generator for every replay.
@@ -121,8 +125,7 @@ class TrainStep:
     # --- CUDA graphs --------------------------------------------------------------------------------
     def _graphed_step(self):
         """The captured body. Gradients are set to None first (no kernel), so that backward
-        allocates them inside the capture, from the graphs' pool: they live within a step only, and
-        a graph's gradients may share memory with another graph's temporaries."""
+        allocates them inside the capture, from the graphs' pool."""
         self.optimizer.zero_grad(set_to_none=True)
         loss, grad_norm = self._forward_backward_update(self.static_samples, self.static_targets)
         self.static_stats.copy_(torch.stack([loss.float(), grad_norm.float()]))
