@@ -4,9 +4,11 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR            # on a CUDA machine
 #   TINY=1 bash benchmarks/gpu_check.sh OUT_DIR     # CPU dry run: tiny model and images, same steps
+#   WORK=/tmp/pss_check bash benchmarks/gpu_check.sh $OUT/check   # on the device machine: images and
+#                                                   # checkpoints in WORK, only logs and results in OUT_DIR
 #
 # 1. end to end (e2e_*): a synthetic ImageFolder of JPEGs (8 classes, 64 training / 16 validation
-#    images each, 224 px); with configs/vit-b/magnitude_cyclic_80_0.yaml for 3 short epochs:
+#    images each, 224 px); with configs/vit-b/magnitude_cyclic_80_0.yaml for 2 short epochs:
 #    `torchrun --nproc_per_node 1 main_finetune.py` in bf16 (O1) with TRAIN.CUDA_GRAPHS; the same
 #    in fp16 (AMP_DTYPE float16, GradScaler) without; a run stopped by SIGTERM mid-epoch (exit 3)
 #    and started again with the same command (exit 0, logs continuous); --eval, sweep_drop.py and
@@ -96,13 +98,14 @@ else
   MODEL=()
   COMPILE_RHOS=(1.0 0.2); COMPILE_TIMM=()
 fi
-EPOCHS=3
+EPOCHS=2
 STEPS=$((8 * PER_CLASS[0] / BATCH))  # optimizer steps per epoch (drop_last)
-DATA="$OUT/data"
-E2E="$OUT/e2e"
+WORK=${WORK:-$OUT/work}  # images and checkpoints (1 GB each for ViT-B): put it outside OUT_DIR on the device
+DATA="$WORK/data"
+E2E="$WORK/e2e"
 TRAIN=(--cfg "$CFG" --data-path "$DATA" --batch-size "$BATCH" --output "$E2E" --amp-opt-level O1 --opts
        "${MODEL[@]}" TRAIN.EPOCHS $EPOCHS TRAIN.WARMUP_EPOCHS 1 DATA.NUM_WORKERS $NPROC_WORKERS PRINT_FREQ 4
-       SAVE_FREQ 1)
+       SAVE_FREQ 1 TRAIN.KEEP_CHECKPOINTS 1)
 run_dir() { echo "$E2E/pss/$1"; }
 
 # --- 1. end to end ----------------------------------------------------------------------------------
@@ -176,6 +179,9 @@ if [ $left -gt 60 ]; then
   check speed_compile $left "${BENCH[@]}" --compile --rhos "${COMPILE_RHOS[@]}" "${COMPILE_TIMM[@]}"
 else record speed_compile fail "no time left (${left}s)"; fi
 
+if [ "$WORK" != "$OUT/work" ]; then  # the runs' logs and small outputs, without images and checkpoints
+  (cd "$WORK" && find e2e -type f ! -name '*.pth' -print0 | tar --null -cf - -T - 2>/dev/null) | (cd "$OUT" && tar -xf -)
+fi
 log ""
 log "all checks done in $((SECONDS - START))s; summary in $OUT/summary.json"
 "$PY" benchmarks/gpu_check.py summary "$OUT" | tee -a "$LOG"
