@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 LR_SCHEDULERS = ('cosine', 'linear', 'step', 'multistep')
 OPTIMIZERS = ('adamw', 'sgd')
 AMP_OPT_LEVELS = ('O0', 'O1', 'O2')
+AMP_DTYPES = ('auto', 'bfloat16', 'float16')
 
 _C = CN()
 _C.BASE = ['']  # YAML files this one inherits from, relative to it (list or single string)
@@ -88,6 +89,7 @@ _C.TRAIN.ACCUMULATION_STEPS = 0  # micro-batches per optimizer step (0 or 1: no 
 _C.TRAIN.USE_CHECKPOINT = False  # activation checkpointing in the blocks (saves memory)
 _C.TRAIN.LAYER_DECAY = 1.0  # layer-wise learning-rate decay (1.0: none)
 _C.TRAIN.COMPILE = False  # torch.compile the model (at most five sequence lengths on the 0.2 grid)
+_C.TRAIN.CUDA_GRAPHS = False  # capture each training step as a CUDA graph, one per kept-token count (fast_step.py)
 _C.TRAIN.CHECKPOINT_EVERY_STEPS = 0  # also checkpoint every this many iterations mid-epoch (0: off)
 _C.TRAIN.KEEP_CHECKPOINTS = 0  # keep at most this many older ckpt_epoch_*.pth files (0: keep all)
 
@@ -142,6 +144,7 @@ _C.TEST.CROP = True  # resize to 256/224 of IMG_SIZE, then centre crop (else pla
 # Misc
 # -----------------------------------------------------------------------------
 _C.AMP_OPT_LEVEL = 'O1'  # O0: fp32; O1 / O2: native mixed precision (bf16 where supported)
+_C.AMP_DTYPE = 'auto'  # O1 / O2 on CUDA: auto (bf16 where supported, else fp16), bfloat16, or float16 (+ GradScaler)
 _C.OUTPUT = ''  # output folder: <output>/<MODEL.NAME>/<TAG>
 _C.TAG = 'default'  # run tag: the second level of the output folder
 _C.SAVE_FREQ = 1  # checkpoint every this many epochs (and at the last)
@@ -264,6 +267,7 @@ def validate_config(config):
     one_of('TRAIN.LR_SCHEDULER.NAME', config.TRAIN.LR_SCHEDULER.NAME, LR_SCHEDULERS)
     one_of('TRAIN.OPTIMIZER.NAME', config.TRAIN.OPTIMIZER.NAME.lower(), OPTIMIZERS)
     one_of('AMP_OPT_LEVEL', config.AMP_OPT_LEVEL, AMP_OPT_LEVELS)
+    one_of('AMP_DTYPE', config.AMP_DTYPE, AMP_DTYPES)
     ps = config.TRAIN.PATCH_SCHEDULER
     for key in ('START_PATCH_DROP_RATIO', 'END_PATCH_DROP_RATIO'):
         if not -1.0 <= ps[key] <= 1.0:

@@ -32,7 +32,7 @@ class AverageMeter:
 
 def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_scheduler, patch_scheduler,
                     scaler, mixup_fn, epoch, device, logger, train_log=None, autocast_dtype=None,
-                    start_step=0, should_stop=None, on_step_end=None, epoch_loss=None):
+                    start_step=0, should_stop=None, on_step_end=None, epoch_loss=None, fast_step=None):
     """One epoch of optimizer steps; returns the number of steps done (less than a full epoch only
     when `should_stop()` asked to stop early).
 
@@ -42,9 +42,12 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
     `train_log` (rank 0) gets one JSON line per step with the original's fields: `loss` is the mean
     of this epoch's step losses so far (the original's running mean), `step_loss` the step's own.
     `epoch_loss` (an AverageMeter) holds that mean's sum and count; pass the one restored from a
-    mid-epoch checkpoint to continue it.
-    With `criterion` None the loss is `model(samples, targets)` (SimMIM pre-training: images and
-    masks).
+    mid-epoch checkpoint to continue it. With `criterion` None the loss is `model(samples, targets)`
+    (SimMIM pre-training: images and masks).
+
+    `fast_step` (a fast_step.TrainStep, one micro-batch per step) runs the step instead of the
+    loop's own code, with CUDA graphs where it was built with them. The loss and the gradient norm
+    stay on the device until the one host sync per step that times it.
     """
     model.train()
     bare = unwrap_model(model)
@@ -76,34 +79,41 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
             bare.set_patch_drop_ratio(drop_ratio)
 
         last_micro = micro == accum - 1
-        # DDP: all-reduce gradients only on the last micro-batch of the step
-        sync_context = model.no_sync() if (not last_micro and hasattr(model, 'no_sync')) else nullcontext()
-        with sync_context:
-            with autocast:
-                # criterion None: the model returns its own loss (SimMIM: targets are the masks)
-                loss = criterion(model(samples), targets) if criterion is not None else model(samples, targets)
-            scaler.scale(loss / accum).backward()
-        step_loss += loss.item() / accum
+        if fast_step is not None:
+            lr = max(group['lr'] for group in optimizer.param_groups)  # the LR of this step
+            stats = fast_step(samples, targets, key=bare.num_kept_tokens())  # [loss, grad norm]
+        else:
+            # DDP: all-reduce gradients only on the last micro-batch of the step
+            sync_context = model.no_sync() if (not last_micro and hasattr(model, 'no_sync')) else nullcontext()
+            with sync_context:
+                with autocast:
+                    # criterion None: the model returns its own loss (SimMIM: targets are the masks)
+                    loss = criterion(model(samples), targets) if criterion is not None else model(samples, targets)
+                scaler.scale(loss / accum).backward()
+            step_loss = step_loss + loss.detach().double() / accum  # float64 on the device: no sync
         micro += 1
 
         if last_micro:
-            if not math.isfinite(step_loss):
-                raise NonFiniteLossError(
-                    f'loss is {step_loss} at epoch {epoch}, iteration {step} of {steps_per_epoch} '
-                    f'(global {epoch * steps_per_epoch + step}), rho {1 - drop_ratio:.2f}; '
-                    f'the last good checkpoint is left untouched')
-            scaler.unscale_(optimizer)
-            max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-            lr = max(group['lr'] for group in optimizer.param_groups)  # the LR of this step
-            scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
-            scaler.update()
-            # On CPU, keeping the gradient buffers avoids re-faulting ~350 MB of pages every step
-            optimizer.zero_grad(set_to_none=device.type != 'cpu')
+            if fast_step is None:
+                scaler.unscale_(optimizer)
+                max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                lr = max(group['lr'] for group in optimizer.param_groups)  # the LR of this step
+                scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
+                scaler.update()
+                # On CPU, keeping the gradient buffers avoids re-faulting ~350 MB of pages every step
+                optimizer.zero_grad(set_to_none=device.type != 'cpu')
+                stats = torch.stack([step_loss, grad_norm.double()])
             global_step = epoch * steps_per_epoch + step
             lr_scheduler.step_update(global_step + 1)
             patch_scheduler.step()
             synchronize(device)  # honest per-step time on GPU
+            step_loss, grad_norm = stats.tolist()  # the step's one read from the device
+            if not math.isfinite(step_loss):  # the run stops here: no checkpoint holds this step
+                raise NonFiniteLossError(
+                    f'loss is {step_loss} at epoch {epoch}, iteration {step} of {steps_per_epoch} '
+                    f'(global {global_step}), rho {1 - drop_ratio:.2f}; '
+                    f'the last good checkpoint is left untouched')
 
             now = time.time()
             step_time = now - step_start

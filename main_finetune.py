@@ -32,12 +32,13 @@ from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, loa
 from config import ConfigError, config_json, get_config, with_values
 from data import DataError, build_loader, build_val_loader, set_train_epoch
 from engine import AverageMeter, NonFiniteLossError, evaluate, throughput, train_one_epoch
+from fast_step import TrainStep, check_cuda_graphs
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_model
 from optimizer import build_optimizer, resume_optimizer
 from patch_scheduler import build_patch_scheduler
-from utils import (all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state,
+from utils import (all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state, get_world_size,
                    init_distributed_mode, memory_mb, set_rng_state, unwrap_model)
 
 EXIT_BAD_INPUT = 2
@@ -76,16 +77,23 @@ def seed_everything(seed):
 
 
 class StopRequest:
-    """While active, SIGTERM / SIGINT only set a flag; the training loop checks it after every step,
-    and all ranks stop together if any of them got the signal.
+    """While active, SIGTERM / SIGINT only set a flag; the training loop asks after every step, and
+    all ranks stop together if any of them got the signal.
 
         with StopRequest() as stop:
             main(config, stop)
+
+    In one process asking reads the flag: no device work, no host sync. With several processes
+    the ranks must agree, which takes an all-reduce and a host sync; that is done on every
+    `check_every`-th call only (every rank makes the same calls, so all of them reduce at the same
+    step and stop at the same step), and always for `stop.any_rank()`.
     """
 
-    def __init__(self):
+    def __init__(self, check_every=10):
         self.requested = False
         self.signal_name = ''
+        self.check_every = check_every
+        self._calls = 0
         self._previous = {}
 
     def __enter__(self):
@@ -101,6 +109,15 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
 
     def __call__(self):
+        if get_world_size() == 1:
+            return self.requested
+        self._calls += 1
+        return self._calls % self.check_every == 0 and self.any_rank()
+
+    def any_rank(self):
+        """Whether any rank got a signal (a collective: every rank must call it)."""
+        if get_world_size() == 1:
+            return self.requested
         # NCCL (the backend whenever CUDA is there) reduces CUDA tensors only
         flag = torch.tensor([float(self.requested)], device='cuda' if torch.cuda.is_available() else 'cpu')
         return bool(all_reduce_sum(flag).item() > 0)
@@ -216,7 +233,7 @@ def main(config, stop=None):
     """
     rank, world_size, local_rank, device = init_distributed_mode()
     seed_everything(config.SEED + rank)
-    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device)
+    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.
     logger = create_logger(None, rank, name=config.MODEL.NAME)
 
@@ -243,6 +260,8 @@ def main(config, stop=None):
     patch_scheduler = build_patch_scheduler(config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
+    if config.TRAIN.CUDA_GRAPHS:
+        check_cuda_graphs(config, world_size)
     if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights)
         load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
     checkpoint_path, state = select_resume_checkpoint(config, model, logger)
@@ -300,6 +319,12 @@ def main(config, stop=None):
         criterion = LabelSmoothingCrossEntropy(smoothing=config.MODEL.LABEL_SMOOTHING)
     else:
         criterion = torch.nn.CrossEntropyLoss()
+    fast_step = None
+    if config.TRAIN.CUDA_GRAPHS:
+        if device.type != 'cuda':
+            logger.warning(f'TRAIN.CUDA_GRAPHS needs a CUDA device: on {device.type} every step runs eagerly')
+        fast_step = TrainStep(model, criterion, optimizer, scaler, config.TRAIN.CLIP_GRAD, amp_dtype,
+                              cuda_graphs=device.type == 'cuda')
 
     def make_state(epoch, step_in_epoch):
         return {'model': bare.state_dict(), 'optimizer': optimizer.state_dict(),
@@ -318,7 +343,7 @@ def main(config, stop=None):
             save_checkpoint(state, os.path.join(config.OUTPUT, 'checkpoint.pth'))
         barrier()
 
-    stop = stop or (lambda: False)
+    stop = stop or StopRequest()  # not entered: no signal handlers, never requested
     every = config.TRAIN.CHECKPOINT_EVERY_STEPS
 
     def on_step_end(step):
@@ -333,7 +358,7 @@ def main(config, stop=None):
         done = train_one_epoch(config, model, criterion, loader_train, optimizer, lr_scheduler, patch_scheduler,
                                scaler, mixup_fn, epoch, device, logger, train_log, amp_dtype,
                                start_step=start_step, should_stop=stop, on_step_end=on_step_end,
-                               epoch_loss=epoch_loss)
+                               epoch_loss=epoch_loss, fast_step=fast_step)
         start_step = 0
         if done < steps_per_epoch:  # stopped by a signal
             write_checkpoint(epoch, done)
@@ -357,7 +382,7 @@ def main(config, stop=None):
         last = epoch == config.TRAIN.EPOCHS - 1
         epoch_loss = AverageMeter()  # the next epoch's mean starts afresh (also in the checkpoint below)
         write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
-        if stop():
+        if stop.any_rank():
             logger.warning(f'{stop_reason(stop)} received: checkpoint written after epoch {epoch}. '
                            'Run the same command again to resume.')
             return EXIT_PREEMPTED

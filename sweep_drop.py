@@ -135,7 +135,7 @@ def warm_up(model, images, amp_dtype, steps=WARMUP_STEPS):
 
 def main(config, args):
     rank, world_size, _, device = init_distributed_mode()
-    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device)
+    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     logger = create_logger(None, rank, name=config.MODEL.NAME)
 
     path = checkpoint_path(config)

@@ -74,14 +74,21 @@ def all_gather_object(obj):
     return gathered
 
 
-def autocast_dtype(amp_opt_level, device):
+AMP_DTYPES = {'auto': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def autocast_dtype(amp_opt_level, device, amp_dtype='auto'):
     """Mixed-precision dtype for AMP_OPT_LEVEL O1/O2 (native autocast, no apex), or None for fp32.
 
-    bf16 where the GPU supports it (no loss scaling needed), else fp16 with a GradScaler. On CPU the
-    run stays fp32: bf16 matmuls are slower than fp32 on most CPUs and would change the numbers.
+    AMP_DTYPE 'auto': bf16 where the GPU supports it (no loss scaling needed), else fp16 with a
+    GradScaler; 'float16' forces fp16 (and the scaler) on any GPU, 'bfloat16' forces bf16. On CPU
+    the run stays fp32 whatever AMP_DTYPE says: bf16 matmuls are slower than fp32 on most CPUs and
+    would change the numbers.
     """
     if amp_opt_level == 'O0' or device.type != 'cuda':
         return None
+    if AMP_DTYPES[amp_dtype] is not None:
+        return AMP_DTYPES[amp_dtype]
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 

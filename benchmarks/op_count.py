@@ -4,7 +4,8 @@
 
 On a GPU every non-view operator is at least one kernel launch, issued by the CPU one after another.
 When a step's kernels are short (small rho, small batch), the step costs about (operators x launch
-cost) whatever the FLOPs, so this count is the floor of a launch-bound step. It is counted on the
+cost) whatever the FLOPs, so this count is the floor of a launch-bound step (a CUDA-graph step,
+TRAIN.CUDA_GRAPHS, replays them all with one launch). It is counted on the
 CPU with the attention forced to scaled_dot_product_attention, the path a GPU takes; the CPU may
 decompose that operator into a few more than a GPU kernel would, alike for both models.
 Prints, per case, the operators in total, those that are not views (the launches), and the most
@@ -24,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from benchmarks.train_step import build_timm_reference, drop_ratio, make_optimizer  # noqa: E402
 from config import get_config  # noqa: E402
+from fast_step import TrainStep  # noqa: E402
 from main_finetune import get_parser  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -45,20 +47,16 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step(model, images, targets):
-    """Operator counts of one training step (forward, loss, backward, fused AdamW, zero_grad), after one
-    uncounted step that creates the optimizer state."""
+def count_step(model, images, targets, clip_grad=5.0):
+    """Operator counts of one training step as main_finetune.py runs it (fast_step.TrainStep, eager:
+    forward, loss, backward, gradient clip, fused AdamW, zero_grad), after one uncounted step that
+    creates the optimizer state. The GradScaler is off (bf16 or fp32), as on an H200."""
     optimizer = make_optimizer(model, images.device)
-
-    def step():
-        loss = F.cross_entropy(model(images), targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
+    step = TrainStep(model, F.cross_entropy, optimizer, torch.amp.GradScaler(images.device.type, enabled=False),
+                     clip_grad, grads_to_none=True)  # as on a GPU (the CPU keeps its gradient buffers)
+    step(images, targets)
     with OpCounter() as counter:
-        step()
+        step(images, targets)
     return counter.counts
 
 

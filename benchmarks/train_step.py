@@ -4,8 +4,10 @@
     python benchmarks/train_step.py --cfg configs/vit-b/magnitude_cyclic_80_0.yaml --batch-size 128 \\
         --device cuda --amp [--compile] [--mode train|inference|data] [--repeats 5] [--warmup 2]
 
---mode train (default) times the full training step (forward, loss, backward, AdamW step, fused
-kernel on CPU and CUDA) of the model `models.build_model(config)` builds, the one main_finetune
+--mode train (default) times the full training step as main_finetune.py runs it (fast_step.TrainStep:
+forward, loss, backward, gradient clip at TRAIN.CLIP_GRAD, fused AdamW step; --cuda-graphs: replayed
+from one CUDA graph per kept-token count, as with TRAIN.CUDA_GRAPHS) of the model
+`models.build_model(config)` builds, the one main_finetune
 trains, at every keep rate rho of --rhos, and the same step of timm's implementation of the same
 architecture (`--timm-model`, built with the config's sizes and drop path; 'none' skips it), same
 batch, dtype and optimizer. It also measures the machine's matmul peak (a large fp32 matmul, bf16
@@ -20,7 +22,7 @@ patch schedule (--predict, default the YAML files beside --cfg) next to the base
 temporary folder, images/s for each --workers count and per worker; with a train JSON for the
 same device in --out, it also says how many workers each rho's step would need.
 
-Writes <out>/<mode>_<device>[_amp][_compile[_<mode>]].json and .md (--out, default benchmarks/results/)
+Writes <out>/<mode>_<device>[_amp][_compile[_<mode>]][_cuda_graphs].json and .md (--out, default benchmarks/results/)
 and prints the markdown.
 """
 import argparse
@@ -47,6 +49,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from config import get_config  # noqa: E402
+from fast_step import TrainStep  # noqa: E402
 from models import build_model  # noqa: E402
 from models.flops import flop_ratio, forward_flops  # noqa: E402
 from models.vision_transformer import Attention  # noqa: E402
@@ -70,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument('--compile', action='store_true', help='torch.compile(dynamic=False) both models')
     p.add_argument('--compile-mode', default='default', choices=('default', 'reduce-overhead', 'max-autotune'),
                    help="torch.compile mode; 'reduce-overhead' adds CUDA graphs (launch-bound small rho)")
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help='train mode: every step replayed from a CUDA graph (fast_step.TrainStep, TRAIN.CUDA_GRAPHS)')
     p.add_argument('--mode', choices=('train', 'inference', 'data'), default='train')
     p.add_argument('--repeats', type=int, default=5, help='timed rounds (median reported)')
     p.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
@@ -278,15 +283,18 @@ def build_cases(args, config, device, train):
             return model
         return torch.compile(model, dynamic=False, mode=None if args.compile_mode == 'default' else args.compile_mode)
 
-    def step_fn(model, optimizer, before=None):
+    criterion = functools.partial(F.cross_entropy, label_smoothing=config.MODEL.LABEL_SMOOTHING)
+
+    def step_fn(model, optimizer, before=None, key=None):
+        # the step main_finetune runs: clip included, the fast path's CUDA graphs with --cuda-graphs
+        fast = TrainStep(model, criterion, optimizer, torch.amp.GradScaler(device.type, enabled=False),
+                         config.TRAIN.CLIP_GRAD, torch.bfloat16 if args.amp else None,
+                         cuda_graphs=args.cuda_graphs) if train else None
+
         def train_step():
             if before:
                 before()
-            with autocast:
-                loss = F.cross_entropy(model(images), targets, label_smoothing=config.MODEL.LABEL_SMOOTHING)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            fast(images, targets, key=key() if key else None)
 
         def eval_step():
             if before:
@@ -305,7 +313,7 @@ def build_cases(args, config, device, train):
     for rho in args.rhos:
         d = drop_ratio(rho)
         set_rho = functools.partial(ours.set_patch_drop_ratio, d)  # as the patch scheduler does
-        cases.append(Case('ours', rho, step_fn(ours_run, ours_opt, set_rho),
+        cases.append(Case('ours', rho, step_fn(ours_run, ours_opt, set_rho, ours.num_kept_tokens),
                           steps * batch * forward_flops(ours, d)['total'], ours.num_kept_tokens(d),
                           flop_ratio(ours, d)))
     optimizers = [('ours', ours, ours_opt)]
@@ -463,7 +471,9 @@ def run_data_mode(args, config):
             rows.append({'workers': w, 'images_per_s': rate, 'images_per_s_per_worker': rate / max(w, 1)})
     result = {'rows': rows, 'images': '500 x 375 JPEG, quality 90', 'load_average_after': load_average()}
     # How many workers each rho's step would need, from a train run on the same device.
-    train_json = Path(args.out) / f"train_{args.device.split(':')[0]}{'_amp' if args.amp else ''}.json"
+    stem = f"train_{args.device.split(':')[0]}{'_amp' if args.amp else ''}"
+    candidates = [Path(args.out) / f'{stem}_cuda_graphs.json', Path(args.out) / f'{stem}.json']  # fastest first
+    train_json = next((path for path in candidates if path.exists()), candidates[-1])
     if train_json.exists():
         train = json.loads(train_json.read_text())
         per_worker = max(r['images_per_s_per_worker'] for r in rows)
@@ -482,7 +492,8 @@ def _fmt(value, spec):
 def markdown(args, meta, result):
     lines = [f"## {args.mode}: {meta['device_name']}, batch {args.batch_size}, "
              f"{'bf16 autocast' if args.amp else 'fp32'}"
-             f"{f', torch.compile ({args.compile_mode})' if args.compile else ''}", '',
+             f"{f', torch.compile ({args.compile_mode})' if args.compile else ''}"
+             f"{', CUDA graphs (fast_step.TrainStep)' if args.cuda_graphs else ''}", '',
              f"`{meta['command']}`", '',
              f"{meta['date']}; torch {meta['torch']}, timm {meta['timm']}; load average "
              f"{result.get('load_average_before')} before, {result.get('load_average_after')} after.", '']
@@ -536,6 +547,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.cuda_graphs and device.type != 'cuda':
+        sys.exit(f'error: --cuda-graphs needs a CUDA device, not {args.device}')
     opts = list(args.opts or [])
     if args.mode == 'data':
         opts += ['MODEL.NUM_CLASSES', '2']  # the synthetic folder has two classes
@@ -558,7 +571,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     compiled = f"_compile{'' if args.compile_mode == 'default' else '_' + args.compile_mode}" if args.compile else ''
-    name = f"{args.mode}_{device.type}{'_amp' if args.amp else ''}{compiled}"
+    graphs = '_cuda_graphs' if args.cuda_graphs else ''
+    name = f"{args.mode}_{device.type}{'_amp' if args.amp else ''}{compiled}{graphs}"
     (out / f'{name}.json').write_text(json.dumps({'meta': meta, **result}, indent=1) + '\n')
     text = markdown(args, meta, result)
     (out / f'{name}.md').write_text(text)

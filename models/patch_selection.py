@@ -19,7 +19,12 @@ def patch_scores_l2_magnitude(patches):
 
 def patch_scores_random(patches):
     """Uniform random scores, independent per image: top-k of them is a uniform random subset."""
-    return torch.rand(patches.shape[:2], device=patches.device)
+    return random_scores(*patches.shape[:2], device=patches.device)
+
+
+def random_scores(batch_size, num_patches, device=None):
+    """The random scores without the patches: [B, N-1], the same draws as patch_scores_random."""
+    return torch.rand(batch_size, num_patches, device=device)
 
 
 PATCH_SCORE_FUNCS = {
@@ -43,8 +48,13 @@ def select_tokens(x, num_keep, score_func):
     x: [B, N, D] with CLS at index 0. Returns a LongTensor [B, num_keep] of indices into N.
     """
     with torch.no_grad():  # selection is a discrete choice: no gradient flows through the scores
-        scores = score_func(x[:, 1:])  # [B, N-1]
-        patch_idx = scores.topk(num_keep - 1, dim=1, sorted=True).indices + 1  # [B, K-1]
+        return top_tokens(score_func(x[:, 1:]), num_keep)
+
+
+def top_tokens(scores, num_keep):
+    """scores: [B, N-1] of the patches -> [B, num_keep] token indices: CLS (0), then the top
+    num_keep - 1 patches (+1: CLS comes first in the sequence) in descending score."""
+    patch_idx = scores.topk(num_keep - 1, dim=1, sorted=True).indices + 1  # [B, K-1]
     cls_idx = torch.zeros_like(patch_idx[:, :1])
     return torch.cat([cls_idx, patch_idx], dim=1)
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 
-from .patch_selection import PATCH_SCORE_FUNCS, gather_tokens, num_kept_tokens, select_tokens
+from .patch_selection import (PATCH_SCORE_FUNCS, gather_tokens, num_kept_tokens, random_scores, select_tokens,
+                              top_tokens)
 
 
 def build_relative_position_index(grid_size):
@@ -37,12 +38,14 @@ def build_relative_position_index(grid_size):
     return index
 
 
-def relative_position_bias(table, relative_position_index, kept_pairs):
+def relative_position_bias(tables, relative_position_index, kept_pairs, dtype=None):
     """The bias of the kept token pairs, heads first, rows still padded.
 
-    table: [R, heads]; relative_position_index: [N, N]; kept_pairs: [B', K, K'] (B' = 1 or B,
-    K' >= K, see `kept_pair_index`) positions i * N + j of the kept pairs in the N x N grid
-    -> bias [heads, B', K, K'], in the table's dtype; the attention uses [..., :K].
+    tables: one table [R, heads], or a list of L tables (every block's, looked up at once);
+    relative_position_index: [N, N]; kept_pairs: [B', K, K'] (B' = 1 or B, K' >= K, see
+    `kept_pair_index`) positions i * N + j of the kept pairs in the N x N grid
+    -> bias [heads, B', K, K'] (one table) or [L, heads, B', K, K'], contiguous, in `dtype` (default
+    the tables'); the attention uses [..., :K].
 
     Two lookups: the table to the full [heads, N x N] grid, then the grid to the kept pairs. The
     backward of each is a scatter-add; straight from the pairs into the table, B x K^2 additions
@@ -50,11 +53,19 @@ def relative_position_bias(table, relative_position_index, kept_pairs):
     took longer than rho = 1 on an H200), while into the grid each entry gets at most 2B, and the
     grid's N^2 into the table are what a rho = 1 step costs anyway. The lookups stay in the
     table's dtype (fp32) so that those sums are not rounded to bf16 under autocast. Heads come
-    first so that each index_select yields the bias contiguous, in the attention's layout.
+    first so that each index_select yields the bias contiguous, in the attention's layout. All
+    blocks' tables go through the same two lookups (and one cast), stacked as rows: one set of
+    operators per step instead of one per block (a GPU launch each; benchmarks/RESULTS.md).
     """
-    table = table.t().contiguous()  # [heads, R]: tiny
-    grid = table.index_select(1, relative_position_index.flatten())  # [heads, N * N]
-    return grid.index_select(1, kept_pairs.flatten()).view(table.shape[0], *kept_pairs.shape)
+    if isinstance(tables, torch.Tensor):
+        leading, rows = (), tables.t().contiguous()  # [heads, R]: tiny
+    else:
+        leading, rows = (len(tables),), torch.stack([t.t() for t in tables]).flatten(0, 1)  # [L * heads, R]
+    grid = rows.index_select(1, relative_position_index.flatten())  # [(L *) heads, N * N]
+    bias = grid.index_select(1, kept_pairs.flatten())  # [(L *) heads, B' * K * K']
+    if dtype is not None:
+        bias = bias.to(dtype)
+    return bias.view(*leading, -1, *kept_pairs.shape)
 
 
 def kept_pair_index(idx, num_tokens, multiple=16):
@@ -88,6 +99,18 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         return self.proj(x).flatten(2).transpose(1, 2)
 
+    def forward_subset(self, x, patch_idx):
+        """Only some patches: x [B, C, H, W], patch_idx [B, M] (patch numbers, row-major) -> [B, M, D].
+
+        The convolution's products as one matmul over the M patches named; the others are never
+        embedded. Equal to forward() gathered, up to the order of the sums.
+        """
+        p = self.proj.kernel_size[0]
+        B, C = x.shape[:2]
+        patches = x.unfold(2, p, p).unfold(3, p, p)  # [B, C, H/p, W/p, p, p]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(B, self.num_patches, C * p * p)  # weight's order
+        return F.linear(gather_tokens(patches, patch_idx), self.proj.weight.flatten(1), self.proj.bias)
+
 
 class RelativePositionBias(nn.Module):
     """A relative position bias table shared by all blocks (USE_SHARED_RPB)."""
@@ -98,8 +121,9 @@ class RelativePositionBias(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
         self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
 
-    def forward(self, kept_pairs):
-        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index, kept_pairs)
+    def forward(self, kept_pairs, dtype=None):
+        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index, kept_pairs,
+                                      dtype)
 
 
 class Attention(nn.Module):
@@ -132,9 +156,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x, kept_pairs=None, shared_bias=None):
-        """x: [B, K, C]; kept_pairs: [B', K, K'] grid positions of the kept pairs (B' = 1 or B,
-        see `kept_pair_index`); shared_bias: [heads, B', K, K'] or None."""
+    def forward(self, x, bias=None):
+        """x: [B, K, C]; bias: [heads, B', K, K'] (B' = 1 or B, rows padded, see `kept_pair_index`)
+        or None. The model looks every block's bias up at once (`relative_position_bias`)."""
         B, K, C = x.shape
         qkv_bias = self.qkv.bias
         if self.q_bias is not None:
@@ -142,14 +166,8 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, qkv_bias)
         # [3, heads, B, K, C/heads]: heads before batch, the layout of the gathered bias
         q, k, v = qkv.view(B, K, 3, self.num_heads, C // self.num_heads).permute(2, 3, 0, 1, 4)
-
-        bias = shared_bias
-        if self.relative_position_bias_table is not None:
-            own = relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
-                                         kept_pairs)
-            bias = own if bias is None else bias + own
         if bias is not None:
-            # Cast the padded rows, then view the first K columns: the mask keeps aligned rows.
+            # A no-op when the model cast it already; then view the first K columns: the mask keeps aligned rows.
             bias = bias.to(q.dtype)[..., :K]  # [heads, B', K, K]
 
         fused = self.fused_attn if self.fused_attn is not None else x.device.type != 'cpu'
@@ -207,8 +225,8 @@ class Block(nn.Module):
             scale = keep if scale is None else keep * scale
         return x + y if scale is None else torch.addcmul(x, y, scale)
 
-    def forward(self, x, kept_pairs=None, shared_bias=None):
-        x = self._add_branch(x, self.attn(self.norm1(x), kept_pairs, shared_bias), self.gamma_1)
+    def forward(self, x, bias=None):
+        x = self._add_branch(x, self.attn(self.norm1(x), bias), self.gamma_1)
         return self._add_branch(x, self.mlp(self.norm2(x)), self.gamma_2)
 
 
@@ -310,30 +328,73 @@ class VisionTransformer(nn.Module):
         idx = select_tokens(x, num_keep, PATCH_SCORE_FUNCS[self.patch_drop_func])
         return gather_tokens(x, idx), idx
 
+    def _embed_random_subset(self, x, num_keep):
+        """Random selection needs no embedding to choose from: images [B, C, H, W] -> (kept tokens
+        [B, K, D], indices [B, K]) with only the kept patches embedded (same draws as _select)."""
+        B = x.shape[0]
+        idx = top_tokens(random_scores(B, self.num_tokens - 1, x.device), num_keep)  # [B, K], CLS first
+        tokens = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed.forward_subset(x, idx[:, 1:] - 1)],
+                           dim=1)
+        if self.pos_embed is not None:
+            tokens = tokens + gather_tokens(self.pos_embed.expand(B, -1, -1), idx)
+        return self.pos_drop(tokens), idx
+
+    def embed_and_select(self, x):
+        """Images [B, C, H, W] -> (kept tokens [B, K, D], kept indices [B, K] or None for all)."""
+        num_keep = self.num_kept_tokens()
+        if num_keep < self.num_tokens and self.patch_drop_func == 'random':
+            return self._embed_random_subset(x, num_keep)
+        return self._select(self.embed(x))
+
     @torch.no_grad()
     def get_kept_token_indices(self, x):
         """Indices [B, K] (CLS = 0 first) of the tokens the model keeps for images x [B, C, H, W]."""
-        _, idx = self._select(self.embed(x))
+        _, idx = self.embed_and_select(x)
         if idx is None:
             idx = torch.arange(self.num_tokens, device=x.device).expand(x.shape[0], -1)
         return idx
 
-    def forward_tokens(self, x):
-        """Tokens [B, N, D] (from `embed`) -> [B, K, D]: patch selection, the blocks, the final norm."""
-        x, idx = self._select(x)
+    def relative_position_biases(self, idx, device_type):
+        """Every block's attention bias for the kept tokens idx [B', K] (B' = 1: all tokens): a list
+        with one [heads, B', K, K'] tensor (rows padded) or None per block, in the autocast dtype.
+
+        The per-block tables are looked up together (one set of operators for all blocks); the
+        shared table, if any, once, and its bias is used by every block.
+        """
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        tables = [block.attn.relative_position_bias_table for block in self.blocks]
+        shared = self.rel_pos_bias is not None
+        if not shared and any(t is None for t in tables):
+            return [None] * len(self.blocks)
+        kept_pairs = kept_pair_index(idx, self.num_tokens)  # [B', K, K'], once for all blocks
+        own = None
+        if all(t is not None for t in tables):
+            index = self.blocks[0].attn.relative_position_index  # the same in every block
+            # with a shared table too, the sum is taken in fp32 and cast after, as one table would be
+            own = relative_position_bias(tables, index, kept_pairs, None if shared else dtype).unbind(0)
+        if not shared:
+            return own
+        shared_bias = self.rel_pos_bias(kept_pairs, None if own is not None else dtype)
+        if own is None:
+            return [shared_bias] * len(self.blocks)
+        return [(b + shared_bias).to(dtype or b.dtype) for b in own]
+
+    def forward_tokens(self, x, idx=None):
+        """Tokens x [B, K, D] and their indices idx [B, K] (None: all N tokens, as from `embed`)
+        -> [B, K, D]: the blocks, each with its relative position bias for those tokens, and the
+        final norm."""
         if idx is None:
             idx = torch.arange(self.num_tokens, device=x.device).unsqueeze(0)  # [1, N]: every token
-        kept_pairs = kept_pair_index(idx, self.num_tokens)  # [B', K, K'], once for all blocks
-        shared_bias = self.rel_pos_bias(kept_pairs) if self.rel_pos_bias is not None else None
-        for block in self.blocks:
+        biases = self.relative_position_biases(idx, x.device.type)
+        for block, bias in zip(self.blocks, biases):
             if self.use_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, kept_pairs, shared_bias, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, bias, use_reentrant=False)
             else:
-                x = block(x, kept_pairs, shared_bias)
+                x = block(x, bias)
         return self.norm(x)
 
     def forward_features(self, x):
-        x = self.forward_tokens(self.embed(x))
+        x = self.forward_tokens(*self.embed_and_select(x))
         if self.fc_norm is not None:
             return self.fc_norm(x[:, 1:].mean(dim=1))  # mean of the kept patch tokens
         return x[:, 0]

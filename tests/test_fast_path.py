@@ -91,3 +91,26 @@ def test_folded_layer_scale_and_drop_path_equal_timm_drop_path():
     assert (ours == x).all(dim=(1, 2)).any() and not (ours == x).all()  # some samples dropped, not all
     block.eval()
     torch.testing.assert_close(block._add_branch(x, y, block.gamma_1), x + block.gamma_1 * y)
+
+
+@pytest.mark.parametrize('dtype', [None, torch.bfloat16])
+def test_all_blocks_bias_lookup_equals_one_lookup_per_block_bitwise(dtype):
+    # The stacked lookup (one set of operators for every block) must give each block exactly the
+    # bias, and each table exactly the gradient, of looking its own table up alone.
+    torch.manual_seed(0)
+    full = build_relative_position_index((4, 4))
+    idx = torch.tensor([[0, 5, 2, 16, 9], [0, 1, 9, 3, 4]])
+    pairs = kept_pair_index(idx, 17)
+    tables = [torch.randn(52, 3, requires_grad=True) for _ in range(4)]
+    grads_out = torch.randn(4, 3, *pairs.shape)
+    stacked = relative_position_bias(tables, full, pairs, dtype)
+    assert stacked.shape == (4, 3, *pairs.shape) and stacked.is_contiguous()
+    (stacked.float() * grads_out).sum().backward()
+    stacked_grads = [t.grad.clone() for t in tables]
+    for i, table in enumerate(tables):
+        table.grad = None
+        alone = relative_position_bias(table, full, pairs)
+        alone = alone if dtype is None else alone.to(dtype)
+        assert torch.equal(stacked[i], alone)
+        (alone.float() * grads_out[i]).sum().backward()
+        assert torch.equal(table.grad, stacked_grads[i])

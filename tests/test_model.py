@@ -199,3 +199,28 @@ def test_shared_bias_pruned_forward_matches_per_block_copy():
 def test_unknown_patch_drop_func():
     with pytest.raises(ValueError, match='magnitude, l2_magnitude, random'):
         tiny_model().set_patch_drop_func('entropy')
+
+
+@pytest.mark.parametrize('opts', [[], ['MODEL.VIT.USE_APE', 'True']], ids=['no-ape', 'ape'])
+def test_random_selection_embeds_only_the_kept_patches_and_equals_the_full_embedding(opts):
+    # The same random draws choose the same patches; the kept tokens equal those of the full
+    # convolution, gathered (up to the order of the sums), and so do the logits.
+    model = tiny_model(opts=['TRAIN.PATCH_DROP_FUNC', 'random', 'MODEL.DROP_PATH_RATE', '0.0'] + opts).eval()
+    if model.pos_embed is not None:
+        with torch.no_grad():
+            model.pos_embed.normal_()
+    model.set_patch_drop_ratio(0.6)
+    x = torch.randn(3, 3, 32, 32)
+    torch.manual_seed(5)
+    tokens, idx = model.embed_and_select(x)
+    torch.manual_seed(5)
+    full_tokens, full_idx = model._select(model.embed(x))  # embed every patch, then choose
+    assert torch.equal(idx, full_idx) and tokens.shape == (3, round(0.4 * 17), 32)
+    torch.testing.assert_close(tokens, full_tokens, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(5)
+    out = model(x)
+    torch.testing.assert_close(out, reference_forward(model, x, idx), rtol=1e-4, atol=1e-5)
+    patch_calls = []
+    model.patch_embed.proj.register_forward_hook(lambda *args: patch_calls.append(1))
+    model(x)
+    assert patch_calls == []  # the convolution over all patches never ran
