@@ -149,7 +149,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(dataset, tm
         return out
 
     monkeypatch.setattr(VisionTransformer, 'forward', poisoned)
-    assert main_finetune.run(args) == 1
+    assert main_finetune.run(args + ['TRAIN.ALLOW_CONFIG_CHANGE', 'True']) == 1
     err = capsys.readouterr().err
     assert 'loss is nan at epoch 1, iteration 3 of 12 (global 15), rho' in err
     assert checkpoint.read_bytes() == good
