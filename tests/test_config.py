@@ -116,3 +116,13 @@ def test_missing_file_and_bad_opts():
         load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE', 'big'])
     with pytest.raises(ConfigError, match='odd number'):
         load('configs/vit-b/baseline.yaml', ['DATA.BATCH_SIZE'])
+
+
+def test_an_empty_yaml_gives_the_defaults(tmp_path):
+    from config import get_default_config
+    empty = tmp_path / 'empty.yaml'
+    empty.write_text('')
+    config = load(str(empty))
+    expected = get_default_config()
+    expected.OUTPUT = os.path.join('', expected.MODEL.NAME, expected.TAG)
+    assert config.dump() == expected.dump()
