@@ -110,6 +110,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes_exactly(dataset, reference, tm
     code, out, _ = start_and_signal(cmd, run_dir, STEPS + 4, signal.SIGTERM)
     assert code == 3
     assert 'SIGTERM received: checkpoint written at epoch 1' in out and 'Run the same command again' in out
+    assert not (run_dir / 'run.lock').exists()  # released on exit 3 too
     state = torch.load(run_dir / 'checkpoint.pth', weights_only=True)
     assert state['epoch'] == 1 and 0 < state['step_in_epoch'] < STEPS
     result = run_to_end(cmd)
