@@ -14,7 +14,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from models import MODEL_TYPES
-from models.patch_selection import PATCH_SCORE_FUNCS
+from models.patch_selection import PATCH_SCORE_FUNCS, num_kept_tokens
 from patch_scheduler import PATCH_SCHEDULES
 
 
@@ -92,6 +92,8 @@ _C.TRAIN.COMPILE = False  # torch.compile the model (at most five sequence lengt
 _C.TRAIN.CUDA_GRAPHS = False  # capture each training step as a CUDA graph, one per kept-token count (fast_step.py)
 _C.TRAIN.CHECKPOINT_EVERY_STEPS = 0  # also checkpoint every this many iterations mid-epoch (0: off)
 _C.TRAIN.KEEP_CHECKPOINTS = 0  # keep at most this many older ckpt_epoch_*.pth files (0: keep all)
+# resume a checkpoint whose config or world size differs in keys that change the run (else exit 2)
+_C.TRAIN.ALLOW_CONFIG_CHANGE = False
 
 _C.TRAIN.LR_SCHEDULER = CN()
 _C.TRAIN.LR_SCHEDULER.NAME = 'cosine'  # cosine, linear, step or multistep
@@ -222,12 +224,17 @@ def _load_yaml(path):
     return data
 
 
-def _update_config_from_file(config, cfg_file):
+def _update_config_from_file(config, cfg_file, chain=()):
+    """Merge `cfg_file` into `config`, its BASE: files first. `chain`: the files that include it."""
+    here = os.path.realpath(cfg_file)
+    if here in chain:
+        cycle = ' -> '.join(os.path.relpath(path) for path in chain[chain.index(here):] + (here,))
+        raise ConfigError(f"config file '{cfg_file}': its BASE: files form a cycle: {cycle}")
     data = _load_yaml(cfg_file)
     bases = data.pop('BASE', [''])
     for base in [bases] if isinstance(bases, str) else bases:
         if base:
-            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
+            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base), chain + (here,))
     config.defrost()
     _merge(config, CN(data), cfg_file)
     config.freeze()
@@ -277,8 +284,16 @@ def validate_config(config):
                           'at least one must be below 1')
     if not 0.0 <= ps.ROUND_TO <= 1.0:
         raise ConfigError(f'TRAIN.PATCH_SCHEDULER.ROUND_TO = {ps.ROUND_TO} is outside [0, 1]')
-    if config.DATA.BATCH_SIZE < 1:
-        raise ConfigError(f'DATA.BATCH_SIZE = {config.DATA.BATCH_SIZE} must be at least 1')
+    for key, value in _leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f'{key} = {value} must be a finite number')
+    for key, low in _MINIMUMS.items():
+        value = _get(config, key)
+        if value < low:
+            raise ConfigError(f'{key} = {value} must be at least {low}')
+    if config.MODEL.VIT.PATCH_SIZE > config.DATA.IMG_SIZE:
+        raise ConfigError(f'MODEL.VIT.PATCH_SIZE {config.MODEL.VIT.PATCH_SIZE} is larger than '
+                          f'DATA.IMG_SIZE {config.DATA.IMG_SIZE}')
     if config.DATA.IMG_SIZE % config.MODEL.VIT.PATCH_SIZE:
         raise ConfigError(f'DATA.IMG_SIZE {config.DATA.IMG_SIZE} is not a multiple of '
                           f'MODEL.VIT.PATCH_SIZE {config.MODEL.VIT.PATCH_SIZE}')
@@ -289,6 +304,67 @@ def validate_config(config):
     if config.MODEL.VIT.EMBED_DIM % config.MODEL.VIT.NUM_HEADS:
         raise ConfigError(f'MODEL.VIT.EMBED_DIM {config.MODEL.VIT.EMBED_DIM} is not divisible by '
                           f'MODEL.VIT.NUM_HEADS {config.MODEL.VIT.NUM_HEADS}')
+
+
+# The smallest value each numeric key accepts (smaller ones crash or train nonsense later).
+_MINIMUMS = {
+    'DATA.BATCH_SIZE': 1, 'DATA.IMG_SIZE': 1, 'DATA.NUM_WORKERS': 0,
+    'MODEL.VIT.PATCH_SIZE': 1, 'MODEL.VIT.IN_CHANS': 1, 'MODEL.VIT.EMBED_DIM': 1, 'MODEL.VIT.DEPTH': 1,
+    'MODEL.VIT.NUM_HEADS': 1, 'MODEL.VIT.MLP_RATIO': 0.0, 'MODEL.DROP_RATE': 0.0, 'MODEL.DROP_PATH_RATE': 0.0,
+    'MODEL.LABEL_SMOOTHING': 0.0,
+    'TRAIN.EPOCHS': 0, 'TRAIN.WARMUP_EPOCHS': 0, 'TRAIN.START_EPOCH': 0, 'TRAIN.ACCUMULATION_STEPS': 0,
+    'TRAIN.BASE_LR': 0.0, 'TRAIN.WARMUP_LR': 0.0, 'TRAIN.MIN_LR': 0.0, 'TRAIN.WEIGHT_DECAY': 0.0,
+    'TRAIN.CLIP_GRAD': 0.0, 'TRAIN.LAYER_DECAY': 0.0, 'TRAIN.CHECKPOINT_EVERY_STEPS': 0,
+    'TRAIN.KEEP_CHECKPOINTS': 0, 'TRAIN.PATCH_SCHEDULER.COOLDOWN_EPOCHS': 0,
+    'SAVE_FREQ': 1, 'PRINT_FREQ': 1, 'SEED': 0,
+}
+
+
+def _get(config, key):
+    node = config
+    for name in key.split('.'):
+        node = node[name]
+    return node
+
+
+def _leaves(node, prefix=''):
+    for key, value in node.items():
+        if isinstance(value, CN):
+            yield from _leaves(value, f'{prefix}{key}.')
+        else:
+            yield f'{prefix}{key}', value
+
+
+def check_patch_schedule(config, patch_scheduler):
+    """Raise ConfigError when the schedule's largest drop ratio over the whole run (rounding
+    included) keeps no patch token, only CLS: the mean over kept patches would be NaN."""
+    num_tokens = (config.DATA.IMG_SIZE // config.MODEL.VIT.PATCH_SIZE) ** 2 + 1
+    drop_ratio = patch_scheduler.max_drop_ratio()
+    if num_kept_tokens(num_tokens, drop_ratio) < 2:
+        ps = config.TRAIN.PATCH_SCHEDULER
+        raise ConfigError(
+            f'TRAIN.PATCH_SCHEDULER keeps no patch at its largest drop ratio {drop_ratio:g} (after rounding '
+            f'to ROUND_TO {ps.ROUND_TO:g}; START_PATCH_DROP_RATIO {ps.START_PATCH_DROP_RATIO:g}, '
+            f'END_PATCH_DROP_RATIO {ps.END_PATCH_DROP_RATIO:g}): {num_tokens} tokens keep only CLS; '
+            'lower the drop ratios or the rounding step')
+
+
+def config_warnings(config, args=None):
+    """Settings that are allowed but probably not meant, as messages for the log."""
+    warnings = []
+    train = config.TRAIN
+    if not (config.EVAL_MODE or config.THROUGHPUT_MODE):
+        if train.EPOCHS == 0:
+            warnings.append('TRAIN.EPOCHS is 0: nothing will be trained')
+        elif train.WARMUP_EPOCHS >= train.EPOCHS:
+            warnings.append(f'TRAIN.WARMUP_EPOCHS {train.WARMUP_EPOCHS} is at least TRAIN.EPOCHS {train.EPOCHS}: '
+                            'the learning rate never leaves its warm-up')
+    level = getattr(args, 'amp_opt_level', None)
+    if level in ('O1', 'O2'):
+        import torch
+        if not torch.cuda.is_available():
+            warnings.append(f'--amp-opt-level {level} has no effect without CUDA: this run computes in fp32')
+    return warnings
 
 
 # Command-line shortcuts: argparse attribute -> config key. Each one overrides --cfg and --opts.
@@ -308,7 +384,18 @@ _SHORTCUTS = {
 }
 
 
+def _check_run_folder(output, name, tag):
+    """The run folder <output>/<MODEL.NAME>/<TAG> must lie inside --output."""
+    inside = os.path.normpath(os.path.join(name, tag))
+    if os.path.isabs(name) or os.path.isabs(tag) or inside == '..' or inside.startswith('..' + os.sep):
+        raise ConfigError(f"the run folder '{os.path.join(output, name, tag)}' (MODEL.NAME '{name}', --tag / TAG "
+                          f"'{tag}') lies outside the output folder '{output}': use a relative tag without '..'")
+
+
 def update_config(config, args):
+    accumulation = getattr(args, 'accumulation_steps', None)
+    if accumulation is not None and accumulation < 1:
+        raise ConfigError(f'--accumulation-steps {accumulation} must be at least 1')
     config.defrost()
     if getattr(args, 'cfg', None):
         config.freeze()
@@ -327,6 +414,7 @@ def update_config(config, args):
             node = node[name]
         node[leaf] = value
     config.LOCAL_RANK = int(os.environ.get('LOCAL_RANK', getattr(args, 'local_rank', None) or 0))
+    _check_run_folder(config.OUTPUT, config.MODEL.NAME, config.TAG)
     config.OUTPUT = os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
     validate_config(config)
     config.freeze()

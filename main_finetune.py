@@ -10,11 +10,14 @@
 Writes to <output>/<MODEL.NAME>/<TAG>/: config.yaml, config.json (as the original wrote it),
 log_rank0.txt, train_log.json (one JSON line per optimizer step), val_log.json (one per epoch),
 checkpoint.pth (always the newest) and ckpt_epoch_<E>.pth every SAVE_FREQ epochs. A killed run
-restarted with the same command continues from the newest readable checkpoint (TRAIN.AUTO_RESUME).
-SIGTERM / SIGINT finish the current step, write a checkpoint and exit with status 3. --resume also
-continues from a checkpoint of the original code (its pickled config needs --trust-checkpoint).
+restarted with the same command continues from the newest readable checkpoint (TRAIN.AUTO_RESUME;
+an explicit --resume wins over it), if that checkpoint is of the same run (run_folder.py). SIGTERM /
+SIGINT finish the current step, write a checkpoint and exit with status 3. While it trains, a run
+holds <run folder>/run.lock. --resume also continues from a checkpoint of the original code (its
+pickled config needs --trust-checkpoint).
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -29,8 +32,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
                         load_model_weights, load_pretrained, prune_checkpoints, save_checkpoint)
-from config import ConfigError, config_json, get_config, with_values
-from data import DataError, build_loader, build_val_loader, set_train_epoch
+from config import ConfigError, check_patch_schedule, config_json, config_warnings, get_config, with_values
+from data import DataError, build_loader, build_val_loader, log_decode_failures, set_train_epoch
 from engine import AverageMeter, NonFiniteLossError, evaluate, throughput, train_one_epoch
 from fast_step import TrainStep, check_cuda_graphs
 from logger import create_logger
@@ -38,8 +41,9 @@ from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_model
 from optimizer import build_optimizer, resume_optimizer
 from patch_scheduler import build_patch_scheduler
-from utils import (all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state, get_world_size,
-                   init_distributed_mode, memory_mb, set_rng_state, unwrap_model)
+from run_folder import RunFolderError, RunLock, check_same_run, remove_stale_tmp_files
+from utils import (LaunchError, all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state,
+                   get_world_size, init_distributed_mode, memory_mb, set_rng_state, unwrap_model)
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
@@ -53,8 +57,9 @@ def get_parser():
     parser.add_argument('--data-path', type=str, help='dataset root with train/ and val/')
     parser.add_argument('--pretrained', type=str, help='checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, '
                         'timm (.pth or .safetensors), or timm:<model_name>')
-    parser.add_argument('--resume', help='checkpoint to resume from (or to evaluate with --eval)')
-    parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step')
+    parser.add_argument('--resume', help='checkpoint to resume from (or to evaluate with --eval); when given, it '
+                        'is used even if the output folder holds newer checkpoints (auto-resume is skipped)')
+    parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step (at least 1)')
     parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')
     parser.add_argument('--amp-opt-level', type=str, choices=['O0', 'O1', 'O2'],
                         help='O0: fp32; O1 / O2: native mixed precision on CUDA')
@@ -180,14 +185,18 @@ def training_state(path, state, model):
 
 
 def select_resume_checkpoint(config, model, logger):
-    """The checkpoint to resume from: the newest readable one in the output folder (auto-resume,
-    so that re-running a preempted command continues it), else --resume. A --resume file that cannot
-    be read or does not fit the model is an error either way. Returns (path, state) or (None, None)."""
+    """The checkpoint to resume from: --resume when given (an explicit choice wins; a file that
+    cannot be read or does not fit the model is an error), else the newest readable one in the output
+    folder (auto-resume, so that re-running a preempted command continues it).
+    Returns (path, state) or (None, None)."""
     trusted = config.TRUST_CHECKPOINT
-    resume = (None, None)
     if config.MODEL.RESUME:
         path = config.MODEL.RESUME
-        resume = (path, training_state(path, load_checkpoint_file(path, trusted), model))
+        own = [p for p in find_checkpoints(config.OUTPUT) if os.path.abspath(p) != os.path.abspath(path)]
+        if config.TRAIN.AUTO_RESUME and own:
+            logger.warning(f'--resume {path} is used, not the checkpoints in the output folder ({own[0]} ...): '
+                           'an explicit --resume wins over auto-resume')
+        return path, training_state(path, load_checkpoint_file(path, trusted), model)
     if config.TRAIN.AUTO_RESUME:
         for path in find_checkpoints(config.OUTPUT):
             try:
@@ -195,10 +204,30 @@ def select_resume_checkpoint(config, model, logger):
             except CheckpointError as e:
                 logger.warning(f'auto-resume: {e}; trying the previous checkpoint')
                 continue
-            if resume[0]:
-                logger.info(f'auto-resume: {path} is newer than --resume {resume[0]}; continuing from it')
             return path, training_state(path, state, model)
-    return resume
+    return None, None
+
+
+def hold_run_folder(folder, rank, logger):
+    """Rank 0 locks the run folder; every rank raises RunFolderError if that failed. Returns the lock
+    (None on other ranks)."""
+    lock, error = (RunLock(folder, logger), None) if rank == 0 else (None, None)
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunFolderError as e:
+            error = str(e)
+    error = all_gather_object(error)[0]
+    if error:
+        raise RunFolderError(error)
+    return lock
+
+
+def resumed_global_step(state, start_epoch, start_step, steps_per_epoch):
+    """The checkpoint's own count of optimizer steps done (log lines from it on are dropped)."""
+    if 'patch_scheduler' in state:
+        return state['patch_scheduler']['step_count']
+    return start_epoch * state.get('steps_per_epoch', steps_per_epoch) + start_step
 
 
 def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_size, local_rank):
@@ -208,7 +237,12 @@ def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_si
         load_model_weights(config.MODEL.RESUME, model, trusted=config.TRUST_CHECKPOINT)
         logger.info(f'loaded {config.MODEL.RESUME}')
     elif config.PRETRAINED:
-        load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
+        missing, _ = load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
+        if config.EVAL_MODE and missing:
+            raise CheckpointError(f"--eval --pretrained '{config.PRETRAINED}': the checkpoint lacks "
+                                  f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (no trained "
+                                  'classifier for this dataset?), so the accuracy would be that of untrained '
+                                  'weights; evaluate a fine-tuned checkpoint')
     elif config.EVAL_MODE:
         raise CheckpointError('--eval needs the checkpoint to evaluate: pass --resume <checkpoint>')
     if world_size > 1:
@@ -226,16 +260,20 @@ def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_si
     return 0
 
 
-def main(config, stop=None):
+def main(config, stop=None, on_exit=None, warnings=()):
     """Train (or with --eval / --throughput, evaluate) as configured; returns the exit status.
 
-    `stop` (a StopRequest) lets SIGTERM / SIGINT end the run with a resumable checkpoint.
+    `stop` (a StopRequest) lets SIGTERM / SIGINT end the run with a resumable checkpoint; `on_exit`
+    (a contextlib.ExitStack the caller closes however main ends) releases the run folder's lock;
+    `warnings` (config_warnings) are logged.
     """
     rank, world_size, local_rank, device = init_distributed_mode()
     seed_everything(config.SEED + rank)
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.
     logger = create_logger(None, rank, name=config.MODEL.NAME)
+    for message in warnings:
+        logger.warning(message)
 
     if config.EVAL_MODE or config.THROUGHPUT_MODE:
         dataset_val, loader_val = build_val_loader(config)  # the training set is not needed
@@ -243,6 +281,9 @@ def main(config, stop=None):
         return evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_size, local_rank)
 
     check_output_writable(config.OUTPUT)
+    lock = hold_run_folder(config.OUTPUT, rank, logger)  # lock file only: removed if the run is refused
+    if lock is not None and on_exit is not None:
+        on_exit.callback(lock.release)
     dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
     num_classes = len(dataset_val.classes)
     config = with_values(config, {'MODEL.NUM_CLASSES': num_classes})  # saved as built, not the default
@@ -258,6 +299,7 @@ def main(config, stop=None):
     optimizer = build_optimizer(config, model, world_size)
     lr_scheduler = build_scheduler(config, optimizer, steps_per_epoch, world_size)
     patch_scheduler = build_patch_scheduler(config, steps_per_epoch)
+    check_patch_schedule(config, patch_scheduler)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     if config.TRAIN.CUDA_GRAPHS:
@@ -266,6 +308,8 @@ def main(config, stop=None):
         load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
     checkpoint_path, state = select_resume_checkpoint(config, model, logger)
     start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
+    if state is not None and 'optimizer' in state:  # continuing a run: it must be the same run
+        check_same_run(state, checkpoint_path, config, world_size, steps_per_epoch, logger)
     epoch_loss = AverageMeter()  # the running mean of this epoch's step losses (train_log.json `loss`)
     resume_notes = []  # logged once the run's log file exists
     if state is not None:
@@ -305,7 +349,9 @@ def main(config, stop=None):
             f.write(config.dump())
         with open(os.path.join(config.OUTPUT, 'config.json'), 'w') as f:
             f.write(original_config_json(config, world_size))
-        truncate_logs(config.OUTPUT, start_epoch * steps_per_epoch + start_step, start_epoch)
+        remove_stale_tmp_files(config.OUTPUT, logger)  # safe: the lock keeps other runs out
+        truncate_logs(config.OUTPUT, resumed_global_step(state, start_epoch, start_step, steps_per_epoch)
+                      if state is not None else 0, start_epoch)
     logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
                 if state is not None else f'output folder {config.OUTPUT}')
     for level, note in resume_notes:
@@ -332,6 +378,7 @@ def main(config, stop=None):
                 'patch_scheduler': patch_scheduler.state_dict(), 'epoch': epoch,
                 'step_in_epoch': step_in_epoch, 'max_accuracy': max_accuracy, 'config': config.dump(),
                 'epoch_loss': {'sum': epoch_loss.sum, 'count': epoch_loss.count},
+                'world_size': world_size, 'steps_per_epoch': steps_per_epoch,
                 'rng': all_gather_object(get_rng_state())}
 
     def write_checkpoint(epoch, step_in_epoch, epoch_file=False):
@@ -355,22 +402,29 @@ def main(config, stop=None):
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         # the epoch's order is fixed by (SEED, epoch); a mid-epoch resume skips the batches already seen
         set_train_epoch(loader_train, epoch, start_batch=start_step * accum)
+        trained = start_step < steps_per_epoch  # else it was trained before the last stop, not validated
         done = train_one_epoch(config, model, criterion, loader_train, optimizer, lr_scheduler, patch_scheduler,
                                scaler, mixup_fn, epoch, device, logger, train_log, amp_dtype,
                                start_step=start_step, should_stop=stop, on_step_end=on_step_end,
-                               epoch_loss=epoch_loss, fast_step=fast_step)
+                               epoch_loss=epoch_loss, fast_step=fast_step) if trained else steps_per_epoch
         start_step = 0
         if done < steps_per_epoch:  # stopped by a signal
             write_checkpoint(epoch, done)
             logger.warning(f'{stop_reason(stop)} received: checkpoint written at epoch {epoch}, '
                            f'step {done}. Run the same command again to resume.')
             return EXIT_PREEMPTED
+        if trained:  # step_in_epoch = steps_per_epoch: a validation that fails loses no training
+            write_checkpoint(epoch, steps_per_epoch)
+        else:
+            logger.info(f'epoch {epoch} was trained before the last stop: validating it')
 
         drop_ratio = bare.patch_drop_ratio
         bare.set_patch_drop_ratio(0.0)  # validate with all patches
         stats = evaluate(model, loader_val, device, amp_dtype)
         bare.set_patch_drop_ratio(drop_ratio)
         max_accuracy = max(max_accuracy, stats['acc1'])
+        for dataset in (dataset_train, dataset_val):
+            log_decode_failures(dataset, logger)
         logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
         logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
         logger.info(f'Max accuracy: {max_accuracy:.2f}%')
@@ -395,9 +449,9 @@ def run(argv=None):
     args = get_parser().parse_args(argv)
     try:
         config = get_config(args)
-        with StopRequest() as stop:
-            return main(config, stop)
-    except (ConfigError, DataError, CheckpointError, OSError) as e:
+        with StopRequest() as stop, contextlib.ExitStack() as on_exit:
+            return main(config, stop, on_exit, config_warnings(config, args))
+    except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:

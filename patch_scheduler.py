@@ -91,6 +91,16 @@ class PatchScheduler:
         return patch_drop_ratio_at(step, self.name, self.start, self.end, self.iterations_per_epoch,
                                    self.epochs, self.cooldown_epochs, self.round_to)
 
+    def max_drop_ratio(self):
+        """The largest drop ratio at any step of the run, exactly (rounding is monotonic, so it is
+        the largest rounded value): linear and cosine move monotonically from start to end, so it
+        lies at the first or last scheduled step; cyclic repeats one triangle every epoch."""
+        total = (self.epochs - self.cooldown_epochs) * self.iterations_per_epoch
+        if total <= 0:
+            return 0.0  # all cooldown
+        steps = range(self.iterations_per_epoch) if self.name == 'cyclic' else (0, total - 1)
+        return max(self.drop_ratio_at(step) for step in steps)
+
     def get_patch_drop_ratio(self):
         return self.drop_ratio_at(self.step_count)
 

@@ -47,7 +47,7 @@ from logger import create_logger
 from main_finetune import EXIT_BAD_INPUT
 from main_finetune import get_parser as get_finetune_parser
 from models import build_model
-from utils import all_gather_object, autocast_dtype, init_distributed_mode, synchronize
+from utils import LaunchError, all_gather_object, autocast_dtype, init_distributed_mode, synchronize
 
 SWEEP_DROP_RATIOS = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0, 0.1, ..., 0.8
 WARMUP_STEPS = 2  # forward passes on one batch before each ratio is timed
@@ -114,7 +114,7 @@ def run_script(main, parser, argv=None):
     args = parser.parse_args(argv)
     try:
         return main(get_config(args), args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, LaunchError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:

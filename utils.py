@@ -25,14 +25,41 @@ def is_main_process():
     return get_rank() == 0
 
 
+class LaunchError(ValueError):
+    """The environment describes a distributed launch that cannot work; the message says why."""
+
+
+def _env_int(name, default):
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise LaunchError(f"environment variable {name}='{value}' is not an integer") from None
+
+
+def launch_environment():
+    """(rank, world_size, local_rank) from the environment. Raises LaunchError when WORLD_SIZE asks
+    for several processes but the variables a launcher sets with it are missing (a stray WORLD_SIZE
+    would otherwise fail deep inside torch.distributed, or wait for peers that never come)."""
+    rank, world_size, local_rank = _env_int('RANK', 0), _env_int('WORLD_SIZE', 1), _env_int('LOCAL_RANK', 0)
+    if world_size > 1:
+        missing = [name for name in ('RANK', 'MASTER_ADDR', 'MASTER_PORT') if name not in os.environ]
+        if missing:
+            raise LaunchError(f"WORLD_SIZE={world_size} is set in the environment but {', '.join(missing)} "
+                              'is not: start the processes with torchrun (or python -m torch.distributed.launch), '
+                              'or unset WORLD_SIZE to run one process')
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise LaunchError(f'RANK={rank} and WORLD_SIZE={world_size} in the environment do not fit together')
+    return rank, world_size, local_rank
+
+
 def init_distributed_mode(timeout_s=1800):
     """Join the process group the launcher describes (NCCL on CUDA, gloo on CPU).
 
     Returns (rank, world_size, local_rank, device). With no launcher: (0, 1, 0, cuda:0 or cpu).
+    Raises LaunchError for an environment that describes no workable launch (launch_environment).
     """
-    rank = int(os.environ.get('RANK', '0'))
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    rank, world_size, local_rank = launch_environment()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device('cuda', local_rank)

@@ -23,8 +23,12 @@ Mixup/CutMix on; DATA_PATH unset, missing or not a folder; no train/ or val/; a 
 folders or images; train and val class folders that differ; an image that PIL cannot verify
 (unless DATA.SKIP_BAD_IMAGES, which drops such files with a warning listing them); a batch size
 above the training images per process (zero iterations per epoch with drop_last). Every image is
-verified up front (data/folder.py: one open per file in a thread pool, each process the whole
-split), and an image that verifies but fails to decode later raises a DataError naming the file.
+verified up front (data/folder.py: one open and header parse per file in a thread pool, each
+process the whole split; not a full decode, which `python -m data.verify` does). An image that
+verifies but fails to decode later raises a DataError naming the file, also from a loader worker;
+with DATA.SKIP_BAD_IMAGES it is skipped instead (the next image of the split takes its place, the
+same in every run) and `decode_failures(dataset)` lists it. Hidden folders and files are skipped,
+and a class folder without images is an error.
 
 Training loader: `ResumableDistributedSampler` (a DistributedSampler, also in one process; shuffled
 by config.SEED + epoch, the same on every rank), or with AUG.NUM_REPEATS > 1 its subclass
@@ -59,10 +63,11 @@ or AUG.CUTMIX_MINMAX is set, else None.
 """
 from .build import (DATASETS, build_dataset, build_loader, build_mixup, build_transform, build_val_loader,
                     set_train_epoch)
-from .folder import DataError
+from .folder import DataError, decode_failures, log_decode_failures
 from .masking import MaskGenerator, build_pretrain_loader
 from .samplers import ExactDistributedSampler, RepeatedAugmentationSampler, ResumableDistributedSampler
 
-__all__ = ['DATASETS', 'DataError', 'ExactDistributedSampler', 'MaskGenerator', 'RepeatedAugmentationSampler',
-           'ResumableDistributedSampler', 'set_train_epoch', 'build_dataset', 'build_pretrain_loader',
+__all__ = ['DATASETS', 'DataError', 'decode_failures', 'log_decode_failures', 'ExactDistributedSampler',
+           'MaskGenerator', 'RepeatedAugmentationSampler', 'ResumableDistributedSampler', 'set_train_epoch',
+           'build_dataset', 'build_pretrain_loader',
            'build_loader', 'build_mixup', 'build_transform', 'build_val_loader']

@@ -7,13 +7,21 @@ threads hide file-system latency, and the parsing itself holds the GIL. Measured
 cores with files in the page cache: about 4,400 JPEGs (375x500) or 14,000 small PNGs per second, so
 ImageNet-1k's 1.33 M files take a few minutes, and longer on a cold network file system. Each
 process verifies the whole split.
-A file that verifies but still fails to decode when it is read raises a `DataError` naming it too.
+
+What verify() reads is the header (and for PNG the chunk checksums), not the pixels: a JPEG cut
+short passes it and fails only when decoded. Such a file raises a `DataError` naming it when it is
+read (also from a loader worker), or with `skip_bad_images` it is skipped: the next image of the
+split that decodes takes its place (deterministic, so a resumed run stays exact), a warning names it
+and `decode_failures()` lists it for the log. `python -m data.verify` decodes every image once.
+
+Hidden entries (names starting with '.', such as `.ipynb_checkpoints`) are not classes or images.
 """
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -23,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 class DataError(ValueError):
     """A data folder, image file or data setting that cannot be used; the message names it."""
+
+    def __init__(self, message=''):
+        # A DataLoader worker's DataError reaches the main process rebuilt from the text "Caught
+        # DataError in DataLoader worker process N. Original Traceback ...": keep its message only.
+        if isinstance(message, str) and message.startswith('Caught DataError'):
+            message = message.rstrip().splitlines()[-1].split('DataError: ', 1)[-1]
+        super().__init__(message)
 
 
 def short_list(items, limit=10):
@@ -70,9 +85,13 @@ def split_dir(root, split):
     return path
 
 
+def _hidden(name):
+    return name.startswith('.')
+
+
 def class_folders(path):
-    """The sorted class folder names of an ImageFolder split (as torchvision finds them)."""
-    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    """The sorted class folder names of an ImageFolder split; hidden folders are not classes."""
+    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not _hidden(entry.name))
     if not classes:
         raise DataError(f"'{path}' has no class folders: expected <split>/<class>/<image>")
     return classes
@@ -86,23 +105,97 @@ def check_same_classes(train_dir, val_dir):
                         f"only in val: [{short_list(sorted(val_classes - train_classes))}]")
 
 
+class CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder without hidden folders or files, which can skip images that fail
+    to decode when read (see the module docstring)."""
+
+    skip_bad_images = False
+    failed = None  # with skip_bad_images: a uint8 flag per sample in shared memory, set by any worker
+
+    def find_classes(self, directory):
+        classes = class_folders(directory)
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def __getitem__(self, index):
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            path, target = self.samples[i]
+            try:
+                sample = self.loader(path)
+            except DataError as e:
+                if not self.skip_bad_images:
+                    raise
+                if not self.failed[i]:
+                    logger.warning('%s; skipped (DATA.SKIP_BAD_IMAGES): the next image takes its place', e)
+                    self.failed[i] = 1
+                continue
+            if self.transform is not None:
+                sample = self.transform(sample)
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+            return sample, target
+        raise DataError(f"no image in '{self.root}' can be decoded")
+
+
+def decode_failures(dataset):
+    """The paths of `dataset` (a CheckedImageFolder) that failed to decode so far and were skipped."""
+    if getattr(dataset, 'failed', None) is None:
+        return []
+    return [dataset.samples[i][0] for i in dataset.failed.nonzero().flatten().tolist()]
+
+
+def log_decode_failures(dataset, log):
+    """Warn in `log` about the images of `dataset` found undecodable (and skipped) since the last call,
+    with the count so far; nothing when there are none."""
+    failed = decode_failures(dataset)
+    reported = getattr(dataset, 'reported_failures', set())
+    new = [path for path in failed if path not in reported]
+    if new:
+        log.warning(f'DATA.SKIP_BAD_IMAGES: {len(new)} more image(s) of {dataset.root} failed to decode and are '
+                    f'skipped ({len(failed)} so far, each replaced by the next image): {short_list(new)}')
+        dataset.reported_failures = set(failed)
+    return new
+
+
+def _visible_image(root):
+    def is_valid_file(path):
+        parts = os.path.relpath(path, root).split(os.sep)
+        return path.lower().endswith(IMG_EXTENSIONS) and not any(_hidden(part) for part in parts)
+    return is_valid_file
+
+
+def image_paths(path):
+    """Every image file of an ImageFolder split, as the datasets here list them (hidden ones not)."""
+    class_folders(path)
+    dataset = CheckedImageFolder(path, loader=read_rgb, allow_empty=True, is_valid_file=_visible_image(path))
+    return [p for p, _ in dataset.samples]
+
+
 def image_folder(path, transform, skip_bad_images=False):
     """An ImageFolder over `path` with every image verified.
 
-    Raises DataError when `path` has no class folders, no images, or (unless `skip_bad_images`)
-    a file that cannot be decoded. With `skip_bad_images`, such files are dropped from the dataset
-    and listed in a warning with their count.
+    Raises DataError when `path` has no class folders, no images, a class folder without images,
+    or (unless `skip_bad_images`) a file that cannot be decoded. With `skip_bad_images`, such files
+    are dropped from the dataset and listed in a warning with their count, and files that verify but
+    fail to decode later are skipped when read. Hidden folders are skipped with a note.
     """
-    class_folders(path)
-    dataset = ImageFolder(path, transform=transform, loader=read_rgb, allow_empty=True)
+    classes = class_folders(path)
+    hidden = sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and _hidden(entry.name))
+    if hidden:
+        logger.warning('skipping hidden folder(s) in %s (not classes): %s', path, short_list(hidden))
+    dataset = CheckedImageFolder(path, transform=transform, loader=read_rgb, allow_empty=True,
+                                 is_valid_file=_visible_image(path))
     if not dataset.samples:
         raise DataError(f"'{path}' has no images (looked for {', '.join(IMG_EXTENSIONS)} "
                         f"files in its class folders)")
+    _check_no_empty_class(dataset, classes)
     start = time.perf_counter()
     bad = find_bad_images([p for p, _ in dataset.samples])
     logger.info('verified %d images in %s in %.1f s', len(dataset.samples), path, time.perf_counter() - start)
+    if skip_bad_images:
+        dataset.skip_bad_images = True
     if not bad:
-        return dataset
+        return _with_failure_flags(dataset)
     listing = short_list(f"'{p}' ({reason})" for p, reason in bad)
     if not skip_bad_images:
         raise DataError(f'{len(bad)} image file(s) in {path} cannot be decoded: {listing}; fix or remove '
@@ -115,4 +208,19 @@ def image_folder(path, transform, skip_bad_images=False):
     dataset.targets = [target for _, target in dataset.samples]
     if not dataset.samples:
         raise DataError(f"'{path}' has no images left after skipping {len(bad)} that cannot be decoded")
+    _check_no_empty_class(dataset, classes)
+    return _with_failure_flags(dataset)
+
+
+def _check_no_empty_class(dataset, classes):
+    counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(classes)).tolist()
+    empty = [name for name, count in zip(classes, counts) if count == 0]
+    if empty:
+        raise DataError(f"class folder(s) without images in '{dataset.root}': {short_list(empty)}; "
+                        'every class needs images (remove the folder or add its images)')
+
+
+def _with_failure_flags(dataset):
+    if dataset.skip_bad_images:  # created before the loader workers start, so they share it
+        dataset.failed = torch.zeros(len(dataset.samples), dtype=torch.uint8).share_memory_()
     return dataset

@@ -1,5 +1,6 @@
 """Bad input gets one clear message, exit status 2, and leaves an existing output folder as it was."""
 import hashlib
+import logging
 import os
 import shutil
 
@@ -149,3 +150,124 @@ def test_unwritable_output_folder(existing_run, tmp_path, capsys):
     blocker = tmp_path / 'a_file'
     blocker.write_text('x')
     expect_error(capsys, out, args_for(data, blocker / 'sub'), 'cannot be created', str(blocker))
+
+
+# --- configs that were accepted and crashed (or trained NaN) later: now one line, before anything is written
+@pytest.mark.parametrize('content, opts, message', [
+    ('', ('SAVE_FREQ', '0'), 'SAVE_FREQ = 0 must be at least 1'),
+    # the schedule is checked at its largest drop over the whole run, after rounding (17 tokens here)
+    ('', ('TRAIN.PATCH_SCHEDULER.START_PATCH_DROP_RATIO', '1.0'), 'keeps no patch at its largest drop ratio 1 '),
+    ('', ('TRAIN.PATCH_SCHEDULER.ROUND_TO', '0.7'), 'keeps no patch at its largest drop ratio 1 (after rounding '
+                                                   'to ROUND_TO 0.7; START_PATCH_DROP_RATIO 0.8'),
+    # cyclic, 3 steps per epoch: drop 0.93 at step 1, which rounds to 1.0
+    ('', ('TRAIN.PATCH_SCHEDULER.END_PATCH_DROP_RATIO', '1.0'), 'keeps no patch at its largest drop ratio 1 '),
+    ('TRAIN:\n  BASE_LR: .nan\n', (), 'TRAIN.BASE_LR = nan must be a finite number'),
+    ('TRAIN:\n  WEIGHT_DECAY: .inf\n', (), 'TRAIN.WEIGHT_DECAY = inf must be a finite number'),
+    ('', ('TRAIN.BASE_LR', '-0.001'), 'TRAIN.BASE_LR = -0.001 must be at least 0'),
+    ('', ('TRAIN.WARMUP_LR', '-0.5'), 'TRAIN.WARMUP_LR = -0.5 must be at least 0'),
+    ('TRAIN:\n  MIN_LR: -1.0e-6\n', (), 'TRAIN.MIN_LR = -1e-06 must be at least 0'),
+    ('', ('DATA.IMG_SIZE', '0'), 'DATA.IMG_SIZE = 0 must be at least 1'),
+    ('', ('MODEL.VIT.PATCH_SIZE', '0'), 'MODEL.VIT.PATCH_SIZE = 0 must be at least 1'),
+    ('', ('MODEL.VIT.PATCH_SIZE', '32'), 'MODEL.VIT.PATCH_SIZE 32 is larger than DATA.IMG_SIZE 16'),
+    ('', ('SEED', '-1'), 'SEED = -1 must be at least 0'),
+    ('', ('MODEL.VIT.DEPTH', '0'), 'MODEL.VIT.DEPTH = 0 must be at least 1'),
+    ('', ('TRAIN.EPOCHS', '-1'), 'TRAIN.EPOCHS = -1 must be at least 0'),
+    ('', ('TRAIN.ACCUMULATION_STEPS', '-1'), 'TRAIN.ACCUMULATION_STEPS = -1 must be at least 0'),
+])
+def test_config_errors_found_by_the_hostile_test(existing_run, tmp_path, capsys, content, opts, message):
+    test_config_errors(existing_run, tmp_path, capsys, content, opts, message)
+
+
+def test_a_base_chain_that_cycles_is_one_line(existing_run, tmp_path, capsys):
+    _, data, out = existing_run
+    selfish = tmp_path / 'self.yaml'
+    selfish.write_text("BASE: ['self.yaml']\n")
+    expect_error(capsys, out, args_for(data, out, cfg=selfish), 'its BASE: files form a cycle', 'self.yaml -> ')
+    (tmp_path / 'a.yaml').write_text("BASE: ['b.yaml']\n")
+    (tmp_path / 'b.yaml').write_text(f"BASE: ['{os.path.abspath(CFG)}', 'a.yaml']\n")
+    expect_error(capsys, out, args_for(data, out, cfg=tmp_path / 'a.yaml'), 'a.yaml -> ', 'b.yaml -> ', 'a.yaml')
+    # a diamond is no cycle: two files that share a base
+    (tmp_path / 'c.yaml').write_text(f"BASE: ['{os.path.abspath(CFG)}']\n")
+    (tmp_path / 'd.yaml').write_text(f"BASE: ['{os.path.abspath(CFG)}', 'c.yaml']\n")
+    from argparse import Namespace
+
+    from config import get_config
+    assert get_config(Namespace(cfg=str(tmp_path / 'd.yaml'), opts=None)).TAG == 'magnitude_cyclic'
+    # viz/patch_schedules.py reads configs the same way: one line too
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, 'viz/patch_schedules.py', '--configs', str(selfish), '--out',
+                             str(tmp_path / 'x.png')], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith('error: ') and result.stderr.count('\n') == 1
+    assert 'form a cycle' in result.stderr
+
+
+@pytest.mark.parametrize('tag', ['../../../../escaped', '/abs/escaped', '../../escaped'])  # '../x' stays inside
+def test_a_tag_may_not_leave_the_output_folder(existing_run, tmp_path, capsys, tag):
+    _, data, out = existing_run
+    expect_error(capsys, out, args_for(data, out, extra=['--tag', tag]), 'lies outside the output folder',
+                 f"TAG '{tag}'")
+    assert not os.path.exists('/abs') and not (tmp_path.parent / 'escaped').exists()
+
+
+@pytest.mark.parametrize('steps', ['0', '-2'])
+def test_accumulation_steps_below_one(existing_run, capsys, steps):
+    _, data, out = existing_run
+    expect_error(capsys, out, args_for(data, out, extra=['--accumulation-steps', steps]),
+                 f'--accumulation-steps {steps} must be at least 1')
+
+
+def test_world_size_without_a_launcher(existing_run, capsys, monkeypatch):
+    _, data, out = existing_run
+    for name in ('RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    expect_error(capsys, out, args_for(data, out), 'WORLD_SIZE=2 is set in the environment but RANK, MASTER_ADDR, '
+                 'MASTER_PORT is not', 'torchrun')
+    monkeypatch.setenv('WORLD_SIZE', 'two')
+    expect_error(capsys, out, args_for(data, out), "WORLD_SIZE='two' is not an integer")
+
+
+def test_an_empty_class_folder_is_refused_hidden_folders_are_skipped(existing_run, tmp_path, capsys, caplog):
+    _, data, out = existing_run
+    empty_class = tmp_path / 'empty_class'
+    shutil.copytree(data, empty_class)
+    for split in ('train', 'val'):
+        os.makedirs(empty_class / split / 'd')
+    expect_error(capsys, out, args_for(empty_class, out), 'class folder(s) without images', 'train', ': d;')
+    hidden = tmp_path / 'hidden'
+    shutil.copytree(data, hidden)
+    for split in ('train', 'val'):  # a notebook's checkpoints folder, with an image in it
+        os.makedirs(hidden / split / '.ipynb_checkpoints')
+        shutil.copy(hidden / split / 'a' / '0.png', hidden / split / '.ipynb_checkpoints' / '0-checkpoint.png')
+    shutil.copy(hidden / 'train' / 'a' / '0.png', hidden / 'train' / 'a' / '._0.png')  # hidden file: not an image
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger='data.folder'):
+        assert main_finetune.run(args_for(hidden, tmp_path / 'out', 'TRAIN.EPOCHS', '1')) == 0
+    assert '3 classes, 12 training / 6 validation images' in capsys.readouterr().out
+    for split in ('train', 'val'):
+        assert f'skipping hidden folder(s) in {hidden / split} (not classes): .ipynb_checkpoints' in caplog.text
+
+
+def test_warnings_for_settings_probably_not_meant(existing_run, tmp_path, capsys):
+    _, data, _ = existing_run
+    assert main_finetune.run(args_for(data, tmp_path / 'a', 'TRAIN.EPOCHS', '0')) == 0
+    assert 'TRAIN.EPOCHS is 0: nothing will be trained' in capsys.readouterr().out
+    assert main_finetune.run(args_for(data, tmp_path / 'b', 'TRAIN.EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '1')) == 0
+    assert 'TRAIN.WARMUP_EPOCHS 1 is at least TRAIN.EPOCHS 1: the learning rate never leaves' in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert main_finetune.run(args_for(data, tmp_path / 'c', 'TRAIN.EPOCHS', '1',
+                                          extra=['--amp-opt-level', 'O1'])) == 0
+        assert '--amp-opt-level O1 has no effect without CUDA: this run computes in fp32' in capsys.readouterr().out
+
+
+def test_eval_pretrained_without_a_classifier_is_refused(existing_run, tmp_path, capsys):
+    _, data, out = existing_run
+    trained = torch.load(out / 'demo' / 'magnitude_cyclic' / 'checkpoint.pth', weights_only=True)['model']
+    headless = write_checkpoint(tmp_path / 'headless.pth',
+                                {'model': {k: v for k, v in trained.items() if not k.startswith('head.')}})
+    expect_error(capsys, out, args_for(data, out, extra=['--eval', '--pretrained', headless]),
+                 f"--eval --pretrained '{headless}': the checkpoint lacks head.", 'untrained')
+    full = write_checkpoint(tmp_path / 'full.pth', {'model': trained})
+    assert main_finetune.run(args_for(data, out, extra=['--eval', '--pretrained', full])) == 0
+    assert 'Accuracy of the network on the 6 test images' in capsys.readouterr().out

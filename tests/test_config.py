@@ -163,3 +163,13 @@ def test_an_int_is_accepted_wherever_a_float_is_expected(tmp_path):
     for key, value in (('TRAIN.EPOCHS', '2.5'), ('TRAIN.BASE_LR', 'True'), ('MODEL.VIT.MLP_RATIO', 'four')):
         with pytest.raises(ConfigError, match='Type mismatch'):
             load('configs/vit-b/baseline.yaml', [key, value])
+
+
+def test_an_empty_yaml_gives_the_defaults(tmp_path):
+    from config import get_default_config
+    empty = tmp_path / 'empty.yaml'
+    empty.write_text('')
+    config = load(str(empty))
+    expected = get_default_config()
+    expected.OUTPUT = os.path.join('', expected.MODEL.NAME, expected.TAG)
+    assert config.dump() == expected.dump()

@@ -450,3 +450,89 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
     assert not torch.equal(dataset[0][0], a)
     dataset.set_epoch(2)
     assert torch.equal(dataset[0][0], a)
+
+
+# ----------------------------------------------------------------------------- truncated JPEGs
+def write_truncated_jpeg(path, seed=0):
+    """A JPEG cut in half: PIL's verify() (the header) passes, decoding the pixels fails."""
+    import io
+
+    import numpy as np
+    pixels = (np.random.default_rng(seed).random((64, 64, 3)) * 255).astype('uint8')  # noise: a long scan
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, 'JPEG')
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    with Image.open(path) as img:
+        img.verify()  # the up-front check cannot see it
+
+
+@pytest.mark.parametrize('workers', ['0', '2'])
+def test_a_truncated_jpeg_is_one_line_naming_it_whatever_the_workers(tmp_path, workers):
+    make_folder(tmp_path, train=(4, 4, 4))
+    bad = tmp_path / 'train' / 'b' / 'cut.jpg'
+    write_truncated_jpeg(bad)
+    _, _, loader_train, _, _ = build_loader(make_config(tmp_path, 'DATA.NUM_WORKERS', workers))
+    loader_train.sampler.set_epoch(0)
+    with pytest.raises(DataError) as error:
+        all_batches(loader_train)
+    message = str(error.value)
+    assert message.startswith(f"cannot decode image '{bad}': OSError: image file is truncated") and '\n' not in message
+    assert 'Caught' not in message and 'Traceback' not in message
+
+
+def test_skip_bad_images_skips_a_truncated_jpeg_deterministically(tmp_path, caplog):
+    make_folder(tmp_path, train=(4, 4, 4), val=(3, 2, 2))
+    bad_train, bad_val = tmp_path / 'train' / 'b' / 'cut.jpg', tmp_path / 'val' / 'a' / 'cut.jpg'
+    write_truncated_jpeg(bad_train)
+    write_truncated_jpeg(bad_val, seed=1)
+    opts = ('DATA.SKIP_BAD_IMAGES', 'True', 'AUG.MIXUP', '0.0', 'AUG.CUTMIX', '0.0')
+    batches = {}
+    for workers in ('0', '2'):
+        dataset_train, dataset_val, loader_train, loader_val, _ = build_loader(
+            make_config(tmp_path, 'DATA.NUM_WORKERS', workers, *opts))
+        assert len(dataset_train) == 13  # verify() passed it: it is in the dataset
+        loader_train.sampler.set_epoch(3)
+        batches[workers] = all_batches(loader_train), all_batches(loader_val)
+        # the failed files, seen by the workers, are listed in the main process
+        assert data.folder.decode_failures(dataset_train) == [str(bad_train)]
+        assert data.folder.decode_failures(dataset_val) == [str(bad_val)]
+    # the same batches with 0 and 2 workers: the next image of the split takes the bad one's place
+    assert_same_batches(batches['2'][0], batches['0'][0])
+    assert_same_batches(batches['2'][1], batches['0'][1])
+    index = [p for p, _ in dataset_val.samples].index(str(bad_val))
+    expected = dataset_val[index + 1]
+    flat = torch.cat([x for x, _ in batches['0'][1]])
+    assert torch.equal(flat[index], expected[0]) and torch.equal(flat[index + 1], expected[0])
+    assert f"cannot decode image '{bad_val}'" in caplog.text and 'skipped (DATA.SKIP_BAD_IMAGES)' in caplog.text
+
+    class Log:
+        messages = []
+
+        def warning(self, message):
+            self.messages.append(message)
+    log = Log()
+    assert data.folder.log_decode_failures(dataset_train, log) == [str(bad_train)]
+    assert data.folder.log_decode_failures(dataset_train, log) == []  # reported once
+    assert len(log.messages) == 1 and f'1 more image(s) of {dataset_train.root} failed to decode' in log.messages[0]
+    assert '(1 so far' in log.messages[0] and str(bad_train) in log.messages[0]
+
+
+def test_verify_decodes_every_image_and_lists_the_bad_ones(tmp_path, capsys):
+    from data import verify
+    make_folder(tmp_path, train=(4, 3, 3), val=(3, 2, 2))
+    assert verify.main(['--data-path', str(tmp_path), '--no-progress']) == 0
+    assert 'all good' in capsys.readouterr().err
+    bad = [tmp_path / 'train' / 'a' / 'cut.jpg', tmp_path / 'val' / 'c' / 'cut.jpg']
+    for path in bad:
+        write_truncated_jpeg(path)
+    (tmp_path / 'train' / '.ipynb_checkpoints').mkdir()
+    write_truncated_jpeg(tmp_path / 'train' / '.ipynb_checkpoints' / 'hidden.jpg')  # skipped, as in training
+    assert verify.main(['--data-path', str(tmp_path), '--threads', '2']) == 1
+    out, err = capsys.readouterr()
+    assert [line.split('\t')[0] for line in out.splitlines()] == [str(p) for p in bad]
+    assert all('image file is truncated' in line for line in out.splitlines())
+    assert '19 images decoded' in err and '2 cannot be decoded' in err
+    assert verify.main(['--data-path', str(tmp_path / 'train')]) == 1  # one split alone
+    capsys.readouterr()
+    assert verify.main(['--data-path', str(tmp_path / 'nowhere')]) == 2
+    assert capsys.readouterr().err.startswith('error: ')

@@ -112,7 +112,10 @@ def test_auto_resume_continues_at_the_next_epoch(dataset, tmp_path):
     launch(train_args(dataset, tmp_path, epochs=1))
     run_dir = tmp_path / 'demo' / 'magnitude_cyclic'
     assert len(read_jsonl(run_dir / 'train_log.json')) == 6
-    result = launch(train_args(dataset, tmp_path, epochs=2))
+    # more epochs change the run (its LR and patch schedules): allowed on purpose only
+    assert launch(train_args(dataset, tmp_path, epochs=2), check=False).returncode == 2
+    result = launch(train_args(dataset, tmp_path, epochs=2, extra=['TRAIN.ALLOW_CONFIG_CHANGE', 'True']))
+    assert 'with a changed run (TRAIN.ALLOW_CONFIG_CHANGE): TRAIN.EPOCHS: 1 in the checkpoint, 2 now' in result.stdout
     assert 'resuming at epoch 1, step 0' in result.stdout
     train = read_jsonl(run_dir / 'train_log.json')
     assert [r['iteration'] for r in train] == list(range(12))

@@ -101,3 +101,21 @@ def test_set_epoch_and_state_dict_round_trip(name):
 def test_unknown_schedule_lists_valid_names():
     with pytest.raises(ValueError, match='cyclic'):
         PatchScheduler('triangle', 0.8, 0.0, 10, 10)
+
+
+def test_max_drop_ratio_is_the_largest_over_every_step():
+    """Checked against all steps of many random schedules (rounding grids that round up included)."""
+    import random
+
+    from patch_scheduler import PatchScheduler
+    rng = random.Random(0)
+    for _ in range(2000):
+        scheduler = PatchScheduler(rng.choice(['none', 'linear', 'cosine', 'cyclic']), rng.uniform(-1, 1),
+                                   rng.uniform(-1, 1), rng.randint(1, 9), rng.randint(0, 5), rng.randint(0, 2),
+                                   rng.choice([0, 0.2, 0.1, 0.7, 0.25]))
+        steps = max(scheduler.epochs * scheduler.iterations_per_epoch, 1)
+        assert scheduler.max_drop_ratio() == max(scheduler.drop_ratio_at(i) for i in range(steps))
+    # the hostile test's cases: start 1.0, and ROUND_TO 0.7 rounding a drop of 0.8 up to 1.0
+    assert PatchScheduler('cyclic', 1.0, -0.1, 10, 30).max_drop_ratio() == 1.0
+    assert PatchScheduler('cyclic', 0.8, -0.1, 10, 30, round_to=0.7).max_drop_ratio() == 1.0
+    assert PatchScheduler('cyclic', 0.8, -0.1, 10, 30).max_drop_ratio() == 0.8

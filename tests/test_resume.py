@@ -96,8 +96,11 @@ def test_kill_9_and_restart_gives_the_same_run(dataset, reference, tmp_path, mid
     kill_at = random.Random().randint(STEPS + 1, 2 * STEPS + 8)  # somewhere in epoch 1 or 2
     code, _, _ = start_and_signal(cmd, run_dir, kill_at, signal.SIGKILL)
     assert code == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert (run_dir / 'run.lock').exists()  # left by the killed run ...
     result = run_to_end(cmd)
+    assert 'taking over the lock of pid' in result.stdout  # ... and taken over: its pid is gone
     assert 'resuming at epoch' in result.stdout
+    assert not (run_dir / 'run.lock').exists()
     assert_same_run(run_dir, reference)
 
 
@@ -107,6 +110,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes_exactly(dataset, reference, tm
     code, out, _ = start_and_signal(cmd, run_dir, STEPS + 4, signal.SIGTERM)
     assert code == 3
     assert 'SIGTERM received: checkpoint written at epoch 1' in out and 'Run the same command again' in out
+    assert not (run_dir / 'run.lock').exists()  # released on exit 3 too
     state = torch.load(run_dir / 'checkpoint.pth', weights_only=True)
     assert state['epoch'] == 1 and 0 < state['step_in_epoch'] < STEPS
     result = run_to_end(cmd)
@@ -149,7 +153,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(dataset, tm
         return out
 
     monkeypatch.setattr(VisionTransformer, 'forward', poisoned)
-    assert main_finetune.run(args) == 1
+    assert main_finetune.run(args + ['TRAIN.ALLOW_CONFIG_CHANGE', 'True']) == 1
     err = capsys.readouterr().err
     assert 'loss is nan at epoch 1, iteration 3 of 12 (global 15), rho' in err
     assert checkpoint.read_bytes() == good
@@ -199,3 +203,53 @@ def test_a_killed_rank_does_not_hang_the_others(dataset, tmp_path):
     assert proc.returncode != 0
     assert time.time() - start < 90
     assert 'rank      : 1' in err or 'local_rank: 1' in err or 'Signal 9' in err, err[-2000:]
+
+
+def test_a_failing_validation_loses_no_training(dataset, reference, tmp_path):
+    """The checkpoint is written before validating: after a validation failure (a truncated JPEG in
+    val/, here read by 2 loader workers) the resumed run validates that epoch without retraining it,
+    and ends bit-identical to an uninterrupted run."""
+    import shutil
+
+    from tests.test_data import write_truncated_jpeg
+    data = tmp_path / 'data'
+    shutil.copytree(dataset, data)
+    image = data / 'val' / 'b' / '0.png'
+    good = image.read_bytes()
+    write_truncated_jpeg(image)  # named .png: PIL goes by the content
+    out = tmp_path / 'out'
+    run_dir = out / 'demo' / 'random_cyclic'
+    failing = subprocess.run(command(str(data), out, ['DATA.NUM_WORKERS', '2']), cwd=ROOT, env=env(),
+                             capture_output=True, text=True, timeout=300)
+    assert failing.returncode == 2
+    assert failing.stderr.startswith(f"error: cannot decode image '{image}': OSError: image file is truncated")
+    assert failing.stderr.count('\n') == 1, failing.stderr  # no worker traceback
+    state = torch.load(run_dir / 'checkpoint.pth', weights_only=True)
+    assert (state['epoch'], state['step_in_epoch']) == (0, STEPS)  # epoch 0 trained, not validated
+    trained = (run_dir / 'train_log.json').read_text()
+    assert len(trained.splitlines()) == STEPS and not (run_dir / 'run.lock').exists()
+
+    image.write_bytes(good)
+    result = run_to_end(command(str(data), out))
+    assert f'resuming at epoch 0, step {STEPS}' in result.stdout
+    assert 'epoch 0 was trained before the last stop: validating it' in result.stdout
+    assert (run_dir / 'train_log.json').read_text().startswith(trained)  # epoch 0 not trained again
+    assert_same_run(run_dir, reference)
+
+
+def test_skip_bad_images_skips_a_truncated_jpeg_and_the_log_counts_it(dataset, tmp_path):
+    import shutil
+
+    from tests.test_data import write_truncated_jpeg
+    data = tmp_path / 'data'
+    shutil.copytree(dataset, data)
+    image = data / 'train' / 'c' / '3.png'
+    write_truncated_jpeg(image)
+    result = run_to_end(command(str(data), tmp_path / 'out', ['DATA.SKIP_BAD_IMAGES', 'True',
+                                                               'DATA.NUM_WORKERS', '2', 'TRAIN.EPOCHS', '2']))
+    assert f"cannot decode image '{image}'" in result.stderr and 'skipped (DATA.SKIP_BAD_IMAGES)' in result.stderr
+    log = (tmp_path / 'out' / 'demo' / 'random_cyclic' / 'log_rank0.txt').read_text()
+    assert log.count('failed to decode and are skipped') == 1  # reported once, in the epoch it was found
+    assert f"1 more image(s) of {data / 'train'} failed to decode and are skipped (1 so far" in log
+    assert str(image) in log
+    assert len(read_jsonl(tmp_path / 'out' / 'demo' / 'random_cyclic' / 'train_log.json')) == 2 * STEPS
