@@ -31,19 +31,20 @@ import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
-                        load_model_weights, load_pretrained, prune_checkpoints, save_checkpoint)
+                        load_model_weights, load_pretrained)
 from config import ConfigError, check_patch_schedule, config_json, config_warnings, get_config, with_values
 from data import DataError, build_loader, build_val_loader, log_decode_failures, set_train_epoch
-from engine import AverageMeter, NonFiniteLossError, evaluate, throughput, train_one_epoch
+from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
 from fast_step import TrainStep, check_cuda_graphs
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_model
-from optimizer import build_optimizer, resume_optimizer
+from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
-from run_folder import RunFolderError, RunLock, check_same_run, remove_stale_tmp_files
-from utils import (LaunchError, all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_rng_state,
-                   get_world_size, init_distributed_mode, memory_mb, set_rng_state, unwrap_model)
+from run_folder import RunFolderError, RunLock, remove_stale_tmp_files
+from training import TrainingRun
+from utils import (LaunchError, all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_world_size,
+                   init_distributed_mode, memory_mb, unwrap_model)
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
@@ -223,13 +224,6 @@ def hold_run_folder(folder, rank, logger):
     return lock
 
 
-def resumed_global_step(state, start_epoch, start_step, steps_per_epoch):
-    """The checkpoint's own count of optimizer steps done (log lines from it on are dropped)."""
-    if 'patch_scheduler' in state:
-        return state['patch_scheduler']['step_count']
-    return start_epoch * state.get('steps_per_epoch', steps_per_epoch) + start_step
-
-
 def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_size, local_rank):
     """--eval: validate the --resume checkpoint at rho = 1 and print the original's lines;
     --throughput: model-only images/s. Nothing is written."""
@@ -307,30 +301,8 @@ def main(config, stop=None, on_exit=None, warnings=()):
     if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights)
         load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
     checkpoint_path, state = select_resume_checkpoint(config, model, logger)
-    start_epoch, start_step, max_accuracy = config.TRAIN.START_EPOCH, 0, 0.0
-    if state is not None and 'optimizer' in state:  # continuing a run: it must be the same run
-        check_same_run(state, checkpoint_path, config, world_size, steps_per_epoch, logger)
-    epoch_loss = AverageMeter()  # the running mean of this epoch's step losses (train_log.json `loss`)
-    resume_notes = []  # logged once the run's log file exists
-    if state is not None:
-        model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
-        logger.info(f'loaded {checkpoint_path}')
-        if 'optimizer' in state:  # a training checkpoint: continue exactly where it stopped
-            max_accuracy = state.get('max_accuracy', 0.0)
-            start_step = state.get('step_in_epoch', 0)
-            start_epoch = state['epoch'] + (0 if start_step else 1)
-            # also the original's checkpoints (another optimizer layout, no scheduler states we can use)
-            resume_notes = resume_optimizer(optimizer, lr_scheduler, state, start_epoch * steps_per_epoch + start_step)
-            if 'scaler' in state:
-                scaler.load_state_dict(state['scaler'])
-            if start_step and 'epoch_loss' in state:
-                epoch_loss.sum, epoch_loss.count = state['epoch_loss']['sum'], state['epoch_loss']['count']
-            if 'patch_scheduler' in state:
-                patch_scheduler.load_state_dict(state['patch_scheduler'])
-            else:
-                patch_scheduler.set_epoch(start_epoch)
-            if 'rng' in state and len(state['rng']) == world_size:
-                set_rng_state(state['rng'][rank])
+    run = TrainingRun(optimizer, lr_scheduler, patch_scheduler, scaler, steps_per_epoch)
+    start_epoch, start_step = run.resume(state, checkpoint_path, model, config, world_size, rank, logger)
 
     if config.TRAIN.COMPILE:
         model = torch.compile(model, dynamic=False)
@@ -350,11 +322,10 @@ def main(config, stop=None, on_exit=None, warnings=()):
         with open(os.path.join(config.OUTPUT, 'config.json'), 'w') as f:
             f.write(original_config_json(config, world_size))
         remove_stale_tmp_files(config.OUTPUT, logger)  # safe: the lock keeps other runs out
-        truncate_logs(config.OUTPUT, resumed_global_step(state, start_epoch, start_step, steps_per_epoch)
-                      if state is not None else 0, start_epoch)
+        truncate_logs(config.OUTPUT, run.resumed_global_step, start_epoch)
     logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
                 if state is not None else f'output folder {config.OUTPUT}')
-    for level, note in resume_notes:
+    for level, note in run.notes:
         logger.log(level, note)
     train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
     val_log = open(os.path.join(config.OUTPUT, 'val_log.json'), 'a') if rank == 0 else None
@@ -372,23 +343,8 @@ def main(config, stop=None, on_exit=None, warnings=()):
         fast_step = TrainStep(model, criterion, optimizer, scaler, config.TRAIN.CLIP_GRAD, amp_dtype,
                               cuda_graphs=device.type == 'cuda')
 
-    def make_state(epoch, step_in_epoch):
-        return {'model': bare.state_dict(), 'optimizer': optimizer.state_dict(),
-                'lr_scheduler': lr_scheduler.state_dict(), 'scaler': scaler.state_dict(),
-                'patch_scheduler': patch_scheduler.state_dict(), 'epoch': epoch,
-                'step_in_epoch': step_in_epoch, 'max_accuracy': max_accuracy, 'config': config.dump(),
-                'epoch_loss': {'sum': epoch_loss.sum, 'count': epoch_loss.count},
-                'world_size': world_size, 'steps_per_epoch': steps_per_epoch,
-                'rng': all_gather_object(get_rng_state())}
-
     def write_checkpoint(epoch, step_in_epoch, epoch_file=False):
-        state = make_state(epoch, step_in_epoch)  # every rank joins the RNG gather
-        if rank == 0:
-            if epoch_file:
-                save_checkpoint(state, os.path.join(config.OUTPUT, f'ckpt_epoch_{epoch}.pth'))
-                prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
-            save_checkpoint(state, os.path.join(config.OUTPUT, 'checkpoint.pth'))
-        barrier()
+        run.write_checkpoint(bare, config, world_size, epoch, step_in_epoch, epoch_file)
 
     stop = stop or StopRequest()  # not entered: no signal handlers, never requested
     every = config.TRAIN.CHECKPOINT_EVERY_STEPS
@@ -406,7 +362,7 @@ def main(config, stop=None, on_exit=None, warnings=()):
         done = train_one_epoch(config, model, criterion, loader_train, optimizer, lr_scheduler, patch_scheduler,
                                scaler, mixup_fn, epoch, device, logger, train_log, amp_dtype,
                                start_step=start_step, should_stop=stop, on_step_end=on_step_end,
-                               epoch_loss=epoch_loss, fast_step=fast_step) if trained else steps_per_epoch
+                               epoch_loss=run.epoch_loss, fast_step=fast_step) if trained else steps_per_epoch
         start_step = 0
         if done < steps_per_epoch:  # stopped by a signal
             write_checkpoint(epoch, done)
@@ -422,19 +378,19 @@ def main(config, stop=None, on_exit=None, warnings=()):
         bare.set_patch_drop_ratio(0.0)  # validate with all patches
         stats = evaluate(model, loader_val, device, amp_dtype)
         bare.set_patch_drop_ratio(drop_ratio)
-        max_accuracy = max(max_accuracy, stats['acc1'])
+        run.max_accuracy = max(run.max_accuracy, stats['acc1'])
         for dataset in (dataset_train, dataset_val):
             log_decode_failures(dataset, logger)
         logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
         logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
-        logger.info(f'Max accuracy: {max_accuracy:.2f}%')
+        logger.info(f'Max accuracy: {run.max_accuracy:.2f}%')
         if val_log is not None:
             val_log.write(json.dumps({'epoch': epoch, 'loss': stats['loss'], 'acc1': stats['acc1'],
                                       'acc5': stats['acc5'], 'time': stats['batch_time'],
                                       'total_time': stats['time'], 'memory': memory_mb(device)}) + '\n')
             val_log.flush()
         last = epoch == config.TRAIN.EPOCHS - 1
-        epoch_loss = AverageMeter()  # the next epoch's mean starts afresh (also in the checkpoint below)
+        run.new_epoch()  # the next epoch's running loss starts afresh (also in the checkpoint below)
         write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
         if stop.any_rank():
             logger.warning(f'{stop_reason(stop)} received: checkpoint written after epoch {epoch}. '

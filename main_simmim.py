@@ -17,6 +17,7 @@ write a checkpoint and exit with status 3, bad input exits with status 2 and one
 There is no validation pass (SimMIM has none).
 """
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -24,19 +25,20 @@ import time
 
 import torch
 
-from checkpoint import CheckpointError, prune_checkpoints, save_checkpoint
-from config import ConfigError, get_config
+from checkpoint import CheckpointError
+from config import ConfigError, check_patch_schedule, config_warnings, get_config
 from data import DataError, build_pretrain_loader, set_train_epoch
 from engine import NonFiniteLossError, train_one_epoch
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
-from main_finetune import (EXIT_BAD_INPUT, EXIT_PREEMPTED, StopRequest, check_output_writable, seed_everything,
-                           select_resume_checkpoint, stop_reason, truncate_logs)
+from main_finetune import (EXIT_BAD_INPUT, EXIT_PREEMPTED, StopRequest, check_output_writable, hold_run_folder,
+                           seed_everything, select_resume_checkpoint, stop_reason, truncate_logs)
 from models import build_simmim
 from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
-from utils import (all_gather_object, autocast_dtype, barrier, get_rng_state, init_distributed_mode,
-                   set_rng_state, unwrap_model)
+from run_folder import remove_stale_tmp_files
+from training import TrainingRun
+from utils import LaunchError, autocast_dtype, barrier, init_distributed_mode, unwrap_model
 
 
 def get_parser():
@@ -76,16 +78,22 @@ def check_pretrain_config(config):
                           "runs the encoder on every token, so the patch schedule must be 'none'")
 
 
-def main(config, stop=None):
-    """Pre-train as configured; returns the exit status. `stop` (a StopRequest) lets SIGTERM /
-    SIGINT end the run with a resumable checkpoint."""
+def main(config, stop=None, on_exit=None, warnings=()):
+    """Pre-train as configured; returns the exit status. `stop`, `on_exit` and `warnings` as for
+    main_finetune.main: SIGTERM / SIGINT end the run with a resumable checkpoint, the run folder's
+    lock is released however the run ends, the config's warnings are logged."""
     rank, world_size, local_rank, device = init_distributed_mode()
     seed_everything(config.SEED + rank)
-    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device)
+    amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.
     logger = create_logger(None, rank, name=config.MODEL.NAME)
+    for message in warnings:
+        logger.warning(message)
     check_pretrain_config(config)
     check_output_writable(config.OUTPUT)
+    lock = hold_run_folder(config.OUTPUT, rank, logger)  # lock file only: removed if the run is refused
+    if lock is not None and on_exit is not None:
+        on_exit.callback(lock.release)
     dataset, data_loader = build_pretrain_loader(config)
     model = build_simmim(config).to(device)
     logger.info(f'SimMIM {config.MODEL.TYPE}: {sum(p.numel() for p in model.parameters()):,} parameters, '
@@ -100,28 +108,14 @@ def main(config, stop=None):
     optimizer = build_optimizer(config, model, world_size)  # all names are encoder.* / decoder.*: no layer decay
     lr_scheduler = build_scheduler(config, optimizer, steps_per_epoch, world_size)
     patch_scheduler = build_patch_scheduler(config, steps_per_epoch)  # 'none': the shared loop's rho stays 1
+    check_patch_schedule(config, patch_scheduler)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     logger.info(f'base LR {scaled_lrs(config, world_size)[0]:.3g} at a total batch of '
                 f'{config.DATA.BATCH_SIZE * world_size * accum} ({config.TRAIN.LR_SCHEDULER.NAME} schedule)')
 
     checkpoint_path, state = select_resume_checkpoint(config, model, logger)
-    start_epoch, start_step = config.TRAIN.START_EPOCH, 0
-    if state is not None:
-        model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
-        logger.info(f'loaded {checkpoint_path}')
-        if 'optimizer' in state:  # a training checkpoint: continue exactly where it stopped
-            optimizer.load_state_dict(state['optimizer'])
-            lr_scheduler.load_state_dict(state['lr_scheduler'])
-            if 'scaler' in state:
-                scaler.load_state_dict(state['scaler'])
-            start_step = state.get('step_in_epoch', 0)
-            start_epoch = state['epoch'] + (0 if start_step else 1)
-            if 'patch_scheduler' in state:
-                patch_scheduler.load_state_dict(state['patch_scheduler'])
-            else:
-                patch_scheduler.set_epoch(start_epoch)
-            if 'rng' in state and len(state['rng']) == world_size:
-                set_rng_state(state['rng'][rank])
+    run = TrainingRun(optimizer, lr_scheduler, patch_scheduler, scaler, steps_per_epoch)
+    start_epoch, start_step = run.resume(state, checkpoint_path, model, config, world_size, rank, logger)
 
     has_unused = model.encoder.fc_norm is not None  # USE_MEAN_POOLING: no part in the reconstruction
     if config.TRAIN.COMPILE:
@@ -139,25 +133,18 @@ def main(config, stop=None):
     if rank == 0:
         with open(os.path.join(config.OUTPUT, 'config.yaml'), 'w') as f:
             f.write(config.dump())
-        truncate_logs(config.OUTPUT, start_epoch * steps_per_epoch + start_step, start_epoch)
+        remove_stale_tmp_files(config.OUTPUT, logger)  # safe: the lock keeps other runs out
+        truncate_logs(config.OUTPUT, run.resumed_global_step, start_epoch)
     logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
                 if state is not None else f'output folder {config.OUTPUT}')
+    for level, note in run.notes:
+        logger.log(level, note)
     train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
 
     def write_checkpoint(epoch, step_in_epoch, epoch_file=False):
-        state = {'model': bare.state_dict(), 'optimizer': optimizer.state_dict(),
-                 'lr_scheduler': lr_scheduler.state_dict(), 'scaler': scaler.state_dict(),
-                 'patch_scheduler': patch_scheduler.state_dict(), 'epoch': epoch,
-                 'step_in_epoch': step_in_epoch, 'max_accuracy': 0.0, 'config': config.dump(),
-                 'rng': all_gather_object(get_rng_state())}  # every rank joins the RNG gather
-        if rank == 0:
-            if epoch_file:
-                save_checkpoint(state, os.path.join(config.OUTPUT, f'ckpt_epoch_{epoch}.pth'))
-                prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
-            save_checkpoint(state, os.path.join(config.OUTPUT, 'checkpoint.pth'))
-        barrier()
+        run.write_checkpoint(bare, config, world_size, epoch, step_in_epoch, epoch_file)
 
-    stop = stop or (lambda: False)
+    stop = stop or StopRequest()  # not entered: no signal handlers, never requested
     every = config.TRAIN.CHECKPOINT_EVERY_STEPS
 
     def on_step_end(step):
@@ -172,7 +159,8 @@ def main(config, stop=None):
         # criterion None: the model returns the reconstruction loss of (images, masks)
         done = train_one_epoch(config, model, None, data_loader, optimizer, lr_scheduler, patch_scheduler,
                                scaler, None, epoch, device, logger, train_log, amp_dtype,
-                               start_step=start_step, should_stop=stop, on_step_end=on_step_end)
+                               start_step=start_step, should_stop=stop, on_step_end=on_step_end,
+                               epoch_loss=run.epoch_loss)
         start_step = 0
         if done < steps_per_epoch:  # stopped by a signal
             write_checkpoint(epoch, done)
@@ -180,8 +168,9 @@ def main(config, stop=None):
                            f'step {done}. Run the same command again to resume.')
             return EXIT_PREEMPTED
         last = epoch == config.TRAIN.EPOCHS - 1
+        run.new_epoch()  # the next epoch's running loss starts afresh (also in the checkpoint below)
         write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
-        if stop():
+        if stop.any_rank():
             logger.warning(f'{stop_reason(stop)} received: checkpoint written after epoch {epoch}. '
                            'Run the same command again to resume.')
             return EXIT_PREEMPTED
@@ -194,9 +183,9 @@ def run(argv=None):
     args = get_parser().parse_args(argv)
     try:
         config = get_config(args)
-        with StopRequest() as stop:
-            return main(config, stop)
-    except (ConfigError, DataError, CheckpointError, OSError) as e:
+        with StopRequest() as stop, contextlib.ExitStack() as on_exit:
+            return main(config, stop, on_exit, config_warnings(config, args))
+    except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:

@@ -14,7 +14,7 @@ from data import DataError, build_loader
 from data.fashion_mnist import export_fashion_mnist, idx_file_names, read_idx, read_split
 
 TRAIN_LABELS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 3]  # 12 training images
-TEST_LABELS = [4, 0, 9, 4, 1]  # 5 test images
+TEST_LABELS = [4, 0, 9, 4, 1, 2, 3, 5, 6, 7, 8]  # 11 test images, every class (an empty class is refused)
 
 
 def write_idx(path, array):
@@ -81,7 +81,7 @@ def test_export_resizes_to_the_image_size_and_builds_the_loaders(idx_dir):
             'DATA.BATCH_SIZE', '4', 'DATA.NUM_WORKERS', '0', 'MODEL.VIT.PATCH_SIZE', '4']
     config = get_config(argparse.Namespace(cfg='configs/demo/baseline.yaml', opts=opts))
     dataset_train, dataset_val, loader_train, loader_val, _ = build_loader(config)
-    assert (len(dataset_train), len(dataset_val), len(dataset_train.classes)) == (12, 5, 10)
+    assert (len(dataset_train), len(dataset_val), len(dataset_train.classes)) == (12, 11, 10)
     assert dataset_train.root == str(folder / 'fashion_mnist_32' / 'train')
     assert sorted(dataset_val.targets) == sorted(TEST_LABELS)
     with Image.open(dataset_train.samples[0][0]) as img:
