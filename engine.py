@@ -101,8 +101,9 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
                 lr = max(group['lr'] for group in optimizer.param_groups)  # the LR of this step
                 scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
                 scaler.update()
-                # On CPU, keeping the gradient buffers avoids re-faulting ~350 MB of pages every step
-                optimizer.zero_grad(set_to_none=device.type != 'cpu')
+                # the next backward allocates them afresh (no zero fill, no accumulation into zeros);
+                # on CPU utils.keep_freed_cpu_memory keeps that from faulting in fresh pages
+                optimizer.zero_grad(set_to_none=True)
                 stats = torch.stack([step_loss, grad_norm.double()])
             global_step = epoch * steps_per_epoch + step
             lr_scheduler.step_update(global_step + 1)

@@ -71,10 +71,8 @@ class TrainStep:
     """One optimizer step per call, eager or from CUDA graphs; see the module docstring."""
 
     def __init__(self, model, criterion, optimizer, scaler, clip_grad=0.0, autocast_dtype=None,
-                 cuda_graphs=False, grads_to_none=None):
+                 cuda_graphs=False):
         self.model, self.criterion, self.optimizer, self.scaler = model, criterion, optimizer, scaler
-        # eager: gradients set to None after the step, except on CPU (as engine.py)
-        self.grads_to_none = grads_to_none if grads_to_none is not None else model_device(model).type != 'cpu'
         self.max_norm = clip_grad if clip_grad > 0 else float('inf')
         self.autocast_dtype = autocast_dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -107,8 +105,7 @@ class TrainStep:
         the gradient norm before clipping. With CUDA graphs the tensor is overwritten by the next call."""
         if not self.cuda_graphs:
             loss, grad_norm = self._forward_backward_update(samples, targets)
-            # as engine.py: keeping CPU gradient buffers avoids re-faulting their pages every step
-            self.optimizer.zero_grad(set_to_none=self.grads_to_none)
+            self.optimizer.zero_grad(set_to_none=True)  # as engine.py
             return torch.stack([loss.float(), grad_norm.float()])
         self._copy_inputs(samples, targets)
         with self._device_learning_rates():

@@ -44,7 +44,7 @@ from patch_scheduler import build_patch_scheduler
 from run_folder import RunFolderError, RunLock, remove_stale_tmp_files
 from training import TrainingRun
 from utils import (LaunchError, all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_world_size,
-                   init_distributed_mode, memory_mb, unwrap_model)
+                   init_distributed_mode, keep_freed_cpu_memory, memory_mb, unwrap_model)
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
@@ -262,6 +262,8 @@ def main(config, stop=None, on_exit=None, warnings=()):
     `warnings` (config_warnings) are logged.
     """
     rank, world_size, local_rank, device = init_distributed_mode()
+    if device.type == 'cpu':
+        keep_freed_cpu_memory()  # every step's gradients without page faults
     seed_everything(config.SEED + rank)
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.

@@ -38,7 +38,7 @@ from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
 from run_folder import remove_stale_tmp_files
 from training import TrainingRun
-from utils import LaunchError, autocast_dtype, barrier, init_distributed_mode, unwrap_model
+from utils import LaunchError, autocast_dtype, barrier, init_distributed_mode, keep_freed_cpu_memory, unwrap_model
 
 
 def get_parser():
@@ -83,6 +83,8 @@ def main(config, stop=None, on_exit=None, warnings=()):
     main_finetune.main: SIGTERM / SIGINT end the run with a resumable checkpoint, the run folder's
     lock is released however the run ends, the config's warnings are logged."""
     rank, world_size, local_rank, device = init_distributed_mode()
+    if device.type == 'cpu':
+        keep_freed_cpu_memory()  # every step's gradients without page faults
     seed_everything(config.SEED + rank)
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.

@@ -53,7 +53,7 @@ def count_step(model, images, targets, clip_grad=5.0):
     creates the optimizer state. The GradScaler is off (bf16 or fp32), as on an H200."""
     optimizer = make_optimizer(model, images.device)
     step = TrainStep(model, F.cross_entropy, optimizer, torch.amp.GradScaler(images.device.type, enabled=False),
-                     clip_grad, grads_to_none=True)  # as on a GPU (the CPU keeps its gradient buffers)
+                     clip_grad)
     step(images, targets)
     with OpCounter() as counter:
         step(images, targets)

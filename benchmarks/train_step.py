@@ -54,6 +54,7 @@ from models import build_model  # noqa: E402
 from models.flops import flop_ratio, forward_flops  # noqa: E402
 from models.vision_transformer import Attention  # noqa: E402
 from patch_scheduler import patch_drop_ratio_at  # noqa: E402
+from utils import keep_freed_cpu_memory  # noqa: E402
 
 RHOS = (1.0, 0.8, 0.6, 0.4, 0.2)
 # Time per training iteration of the paper's cyclic ViT-B run (A100, batch 128 per GPU, apex O1).
@@ -547,6 +548,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == 'cpu':
+        keep_freed_cpu_memory()  # as main_finetune.py: gradients re-use freed memory, no page faults
     if args.cuda_graphs and device.type != 'cuda':
         sys.exit(f'error: --cuda-graphs needs a CUDA device, not {args.device}')
     opts = list(args.opts or [])
