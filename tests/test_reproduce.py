@@ -1,5 +1,6 @@
-"""reproduce.py without training: the claim tables and verdicts from synthetic results (one case where each
-claim holds, one where it fails), the skip-if-done logic, a killed run that continues, and the README."""
+"""reproduce.py's package reproduction/ without training: the claim tables and verdicts from synthetic results
+(one case where each claim holds, one where it fails), the skip-if-done logic, a killed run that continues,
+and the README."""
 import json
 import os
 
@@ -7,9 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-import reproduce
-from reproduce import (SETTINGS, Plan, ReproduceError, Run, RunResult, all_claims, execute, load_results,
-                       make_plan, missing_stages, plan_runs, render_readme, sweep_table)
+from reproduction.claims import all_claims, sweep_table
+from reproduction.plan import MODEL_NAME, ROOT, SETTINGS, Plan, ReproduceError, Run, make_plan, plan_runs
+from reproduction.report import render_readme, setup_description
+from reproduction.results import RunResult, load_results
+from reproduction.stages import estimate_seconds, execute, missing_stages, progress_line, stage_command
 from viz.image_patches import IMAGENET_MEAN, IMAGENET_STD
 
 SCHEDULE_RHO = {'baseline': [1.0], 'fixed': [0.6], 'linear': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
@@ -219,7 +222,7 @@ def test_readme_lists_every_claim_with_measured_rows():
             assert f'| {rho:.1f} |' in claims[number - 1].tables[0]
     for key in ('python reproduce.py', 'abc1234', 'test CPU, 2 cores', '0:40:00', 'figures/overview.png'):
         assert key in text
-    setup = reproduce.setup_description(results, Plan(seeds=(0, 1), epochs=3))
+    setup = setup_description(results, Plan(seeds=(0, 1), epochs=3))
     assert '16 px (360 validation images' in setup and '(17 tokens with CLS)' in setup
     assert '3 epochs of 9 steps of 64 images' in setup and '2 seed(s) per schedule (0, 1)' in setup
 
@@ -227,7 +230,7 @@ def test_readme_lists_every_claim_with_measured_rows():
 def test_committed_results_readme_is_what_the_committed_runs_give():
     """results/README.md was written by reproduce.py from results/runs: recomputing every claim from the
     committed runs gives the committed verdicts, sentences and tables (no hand edits, no stale report)."""
-    out = os.path.join(os.path.dirname(reproduce.__file__), 'results')
+    out = os.path.join(ROOT, 'results')
     results = load_results(out, make_plan())
     with open(os.path.join(out, 'README.md')) as f:
         committed = f.read()
@@ -236,13 +239,13 @@ def test_committed_results_readme_is_what_the_committed_runs_give():
         for table in c.tables:
             assert table in committed
     assert sweep_table(results) in committed
-    assert reproduce.setup_description(results, make_plan()) in committed
+    assert setup_description(results, make_plan()) in committed
 
 
 def test_committed_runs_are_read_with_the_meanings_they_were_written_with():
     """results/runs was written before train_log.json `loss` became the original's running mean and
     val_log.json `time` the mean per batch: their `loss` is each step's, their `time` the whole pass."""
-    out = os.path.join(os.path.dirname(reproduce.__file__), 'results')
+    out = os.path.join(ROOT, 'results')
     run = load_results(out, make_plan())['cyclic'][0]
     run_dir = os.path.join(out, 'runs', 'magnitude_cyclic_seed0')
     with open(os.path.join(run_dir, 'train_log.json')) as f:
@@ -283,7 +286,7 @@ def fake_runner(calls, fail_at=None):
         calls.append((args[0], option(args, '--tag')))
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt  # killed mid-stage: nothing of this stage is written
-        run_dir = os.path.join(option(args, '--output'), reproduce.MODEL_NAME, option(args, '--tag'))
+        run_dir = os.path.join(option(args, '--output'), MODEL_NAME, option(args, '--tag'))
         os.makedirs(run_dir, exist_ok=True)
         opts = values_after(args, '--opts')
         config = {}
@@ -375,17 +378,17 @@ def test_a_killed_reproduce_continues_where_it_stopped(tmp_path):
 
 def test_missing_stages(tmp_path):
     run = Run(SETTINGS[3], seed=0, extras=True)
-    run_dir = str(tmp_path / 'work' / reproduce.MODEL_NAME / run.name)
+    run_dir = str(tmp_path / 'work' / MODEL_NAME / run.name)
     assert missing_stages(run_dir, QUICK, run) == ['train', 'sweep', 'image_patches', 'patch_distribution']
     runner = fake_runner([])
-    runner(reproduce.stage_command('train', run, QUICK, str(tmp_path / 'work')), None)
+    runner(stage_command('train', run, QUICK, str(tmp_path / 'work')), None)
     assert missing_stages(run_dir, QUICK, run) == ['sweep', 'image_patches', 'patch_distribution']
     # a sweep missing one ratio is not done
     write_jsonl(os.path.join(run_dir, 'sweep_drop.json'), [{'drop_ratio': d, 'acc1': 1.0, 'throughput': 1.0}
                                                           for d in (0.0, 0.4)])
     assert 'sweep' in missing_stages(run_dir, QUICK, run)
     for stage in ('sweep', 'image_patches', 'patch_distribution'):
-        runner(reproduce.stage_command(stage, run, QUICK, str(tmp_path / 'work')), None)
+        runner(stage_command(stage, run, QUICK, str(tmp_path / 'work')), None)
     assert missing_stages(run_dir, QUICK, run) == []
     assert missing_stages(run_dir, QUICK, Run(SETTINGS[3], seed=0, extras=False)) == []
     # a val_log one epoch short: train again (and so everything after it)
@@ -399,8 +402,8 @@ def test_missing_stages(tmp_path):
 def test_other_experiments_are_not_mixed_in(tmp_path):
     run = Run(SETTINGS[0], seed=0, extras=False)
     work = str(tmp_path / 'work')
-    run_dir = os.path.join(work, reproduce.MODEL_NAME, run.name)
-    fake_runner([])(reproduce.stage_command('train', run, QUICK, work), None)
+    run_dir = os.path.join(work, MODEL_NAME, run.name)
+    fake_runner([])(stage_command('train', run, QUICK, work), None)
     with pytest.raises(ReproduceError, match='DATA.IMG_SIZE is 16, but this command sets 32'):
         missing_stages(run_dir, Plan((0,), 2, ('DATA.IMG_SIZE', '32')), run)
     with pytest.raises(ReproduceError, match='TRAIN.EPOCHS is 2, but this command sets 1'):
@@ -417,7 +420,7 @@ def test_plans_and_commands():
     with pytest.raises(ReproduceError, match='repeats'):
         make_plan(seeds=[0, 0])
     run = plan_runs(full)[3]
-    command = reproduce.stage_command('sweep', run, full, 'w')
+    command = stage_command('sweep', run, full, 'w')
     assert command[0] == 'sweep_drop.py' and run.name == 'magnitude_cyclic_seed0'
     assert option(command, '--pretrained') == os.path.join('w', 'demo', 'magnitude_cyclic_seed0', 'checkpoint.pth')
     assert values_after(command, '--drop-ratios') == [str(d) for d in full.sweep_drop_ratios]
@@ -425,9 +428,9 @@ def test_plans_and_commands():
 
 
 def test_progress_line_and_eta():
-    assert reproduce.estimate_seconds([['train', 'sweep']], {'train': [100.0]}) is None
+    assert estimate_seconds([['train', 'sweep']], {'train': [100.0]}) is None
     timed = {'train': [100.0, 120.0], 'sweep': [10.0]}
-    assert reproduce.estimate_seconds([['train', 'sweep'], ['sweep']], timed) == 130.0
-    assert reproduce.progress_line(1, 15, 'baseline_seed0', ['train'], 0, None).endswith('ETA after the first run)')
-    line = reproduce.progress_line(3, 15, 'x', ['train', 'sweep'], 300, 1950.0)
+    assert estimate_seconds([['train', 'sweep'], ['sweep']], timed) == 130.0
+    assert progress_line(1, 15, 'baseline_seed0', ['train'], 0, None).endswith('ETA after the first run)')
+    line = progress_line(3, 15, 'x', ['train', 'sweep'], 300, 1950.0)
     assert line == '[3/15] x: train, sweep (elapsed 0:05:00, ETA 0:32:30)'
