@@ -43,7 +43,8 @@ class TrainingRun:
             check_same_run(state, path, config, world_size, self.steps_per_epoch, logger)
         model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {path}')
-        if 'optimizer' not in state:
+        if 'optimizer' not in state:  # weights only: the run starts at TRAIN.START_EPOCH
+            self.resumed_global_step = start_epoch * self.steps_per_epoch
             return start_epoch, start_step
         self.max_accuracy = state.get('max_accuracy', 0.0)
         start_step = state.get('step_in_epoch', 0)  # steps_per_epoch: trained, not yet validated
