@@ -404,11 +404,17 @@ def main(config, stop=None, on_exit=None, warnings=()):
 
 
 def run(argv=None):
-    args = get_parser().parse_args(argv)
+    return run_script(get_parser(), main, argv)
+
+
+def run_script(parser, main_fn, argv=None):
+    """Parse `argv` with `parser`, then main_fn(config, stop, on_exit, warnings) under a
+    StopRequest; bad input is one `error:` line and EXIT_BAD_INPUT (main_simmim.py shares it)."""
+    args = parser.parse_args(argv)
     try:
         config = get_config(args)
         with StopRequest() as stop, contextlib.ExitStack() as on_exit:
-            return main(config, stop, on_exit, config_warnings(config, args))
+            return main_fn(config, stop, on_exit, config_warnings(config, args))
     except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -17,7 +17,6 @@ write a checkpoint and exit with status 3, bad input exits with status 2 and one
 There is no validation pass (SimMIM has none).
 """
 import argparse
-import contextlib
 import datetime
 import os
 import sys
@@ -25,20 +24,19 @@ import time
 
 import torch
 
-from checkpoint import CheckpointError
-from config import ConfigError, check_patch_schedule, config_warnings, get_config
+from config import ConfigError, check_patch_schedule
 from data import DataError, build_pretrain_loader, set_train_epoch
-from engine import NonFiniteLossError, train_one_epoch
+from engine import train_one_epoch
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
-from main_finetune import (EXIT_BAD_INPUT, EXIT_PREEMPTED, StopRequest, check_output_writable, hold_run_folder,
+from main_finetune import (EXIT_PREEMPTED, StopRequest, check_output_writable, hold_run_folder, run_script,
                            seed_everything, select_resume_checkpoint, stop_reason, truncate_logs)
 from models import build_simmim
 from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
 from run_folder import remove_stale_tmp_files
 from training import TrainingRun
-from utils import LaunchError, autocast_dtype, barrier, init_distributed_mode, keep_freed_cpu_memory, unwrap_model
+from utils import autocast_dtype, barrier, init_distributed_mode, keep_freed_cpu_memory, unwrap_model
 
 
 def get_parser():
@@ -182,17 +180,7 @@ def main(config, stop=None, on_exit=None, warnings=()):
 
 
 def run(argv=None):
-    args = get_parser().parse_args(argv)
-    try:
-        config = get_config(args)
-        with StopRequest() as stop, contextlib.ExitStack() as on_exit:
-            return main(config, stop, on_exit, config_warnings(config, args))
-    except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except NonFiniteLossError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    return run_script(get_parser(), main, argv)
 
 
 if __name__ == '__main__':
