@@ -36,5 +36,8 @@ def minor_faults(setting):
 def test_freed_gradients_come_back_without_page_faults():
     pages_per_round = 40 * 8 * 2 ** 20 // 4096  # 81,920: every page faulted in again
     default, kept = minor_faults('default'), minor_faults('keep')
-    assert default > 2 * pages_per_round  # glibc hands the memory back: the rounds fault it in again
-    assert kept < default / 10
+    # glibc's default hands at least some of the memory back, so that a later round faults it in
+    # again (seen here: 84k to 407k faults over the 5 rounds); kept, the 5 rounds fault in under a
+    # tenth of what they allocate (seen: 4k to 18k)
+    assert kept < 5 * pages_per_round / 10
+    assert kept < default
