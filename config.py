@@ -42,6 +42,10 @@ _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation: random, bilinear or b
 _C.DATA.PIN_MEMORY = True  # pin CPU memory in the data loaders (faster copies to the GPU)
 _C.DATA.NUM_WORKERS = 8  # data-loading worker processes per training process
 _C.DATA.SKIP_BAD_IMAGES = False  # skip images that cannot be decoded (with a warning) instead of failing
+# Train (fine-tune, or pre-train with main_simmim.py) on this many training images only (0: all): the
+# same ones for every SEED, as equal a number per class as possible (data.folder.class_balanced_subset);
+# validation always uses every image.
+_C.DATA.TRAIN_SUBSET = 0
 _C.DATA.MASK_PATCH_SIZE = 32  # [SimMIM] side in pixels of the square blocks the pre-training mask is drawn on
 _C.DATA.MASK_RATIO = 0.6  # [SimMIM] fraction of those blocks masked (rounded up) in every image
 
@@ -308,7 +312,7 @@ def validate_config(config):
 
 # The smallest value each numeric key accepts (smaller ones crash or train nonsense later).
 _MINIMUMS = {
-    'DATA.BATCH_SIZE': 1, 'DATA.IMG_SIZE': 1, 'DATA.NUM_WORKERS': 0,
+    'DATA.BATCH_SIZE': 1, 'DATA.IMG_SIZE': 1, 'DATA.NUM_WORKERS': 0, 'DATA.TRAIN_SUBSET': 0,
     'MODEL.VIT.PATCH_SIZE': 1, 'MODEL.VIT.IN_CHANS': 1, 'MODEL.VIT.EMBED_DIM': 1, 'MODEL.VIT.DEPTH': 1,
     'MODEL.VIT.NUM_HEADS': 1, 'MODEL.VIT.MLP_RATIO': 0.0, 'MODEL.DROP_RATE': 0.0, 'MODEL.DROP_PATH_RATE': 0.0,
     'MODEL.LABEL_SMOOTHING': 0.0,

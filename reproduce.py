@@ -39,19 +39,29 @@ import os
 import sys
 import time
 
-from reproduction.plan import SETTINGS, ReproduceError, make_plan, plan_runs
+from reproduction.plan import DATASETS, DEFAULT_DATASET, ReproduceError, make_plan, plan_runs
 from reproduction.report import write_report
 from reproduction.stages import execute, format_seconds
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dataset', default=DEFAULT_DATASET, choices=sorted(DATASETS),
+                        help='fashion_mnist: SimMIM pre-training, then fine-tuning (default); '
+                             'digits: the demo, trained from scratch')
     parser.add_argument('--quick', action='store_true', help='a few minutes: 1 seed, 2 epochs, 16 px, tiny model')
     parser.add_argument('--seeds', type=int, nargs='+', help='seeds per schedule (default: 0 1 2; --quick: 0)')
-    parser.add_argument('--epochs', type=int, help='training epochs (default: 30; --quick: 2)')
-    parser.add_argument('--out', help='results folder (default: results; --quick: results_quick)')
-    parser.add_argument('--work', help='training outputs with checkpoints (default: output/reproduce[_quick])')
+    parser.add_argument('--epochs', type=int,
+                        help='fine-tuning epochs (default: 4 on fashion_mnist, 30 on digits; --quick: 2)')
+    parser.add_argument('--out', help='results folder (default: results[_quick], results[_quick]_digits)')
+    parser.add_argument('--work', help='training outputs with checkpoints (default: output/reproduce[_quick][_digits])')
     return parser
+
+
+def default_folders(dataset, quick):
+    """(results folder, work folder) of a dataset's full or --quick run."""
+    suffix = ('_quick' if quick else '') + ('' if dataset == DEFAULT_DATASET else f'_{dataset}')
+    return 'results' + suffix, os.path.join('output', 'reproduce' + suffix)
 
 
 def main(argv=None):
@@ -59,11 +69,12 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     start = time.time()
     try:
-        plan = make_plan(args.quick, args.seeds, args.epochs)
-        out = args.out or ('results_quick' if args.quick else 'results')
-        work = args.work or os.path.join('output', 'reproduce_quick' if args.quick else 'reproduce')
-        print(f'{len(plan_runs(plan))} runs ({len(SETTINGS)} schedules x seeds {list(plan.seeds)}, '
-              f'{plan.epochs} epochs) -> {out}; checkpoints in {work}', flush=True)
+        plan = make_plan(args.quick, args.seeds, args.epochs, args.dataset)
+        default_out, default_work = default_folders(args.dataset, args.quick)
+        out, work = args.out or default_out, args.work or default_work
+        first = 'a SimMIM pre-training, then ' if plan.pretrained else ''
+        print(f'{args.dataset}: {first}{len(plan_runs(plan))} runs (seeds {list(plan.seeds)}, {plan.epochs} epochs) '
+              f'-> {out}; checkpoints in {work}', flush=True)
         report = execute(plan, os.path.abspath(out), os.path.abspath(work), log=lambda s: print(s, flush=True))
         print(f"{len(report['ran'])} run(s) done, {len(report['skipped'])} skipped, in "
               f"{format_seconds(report['seconds'])}; writing {out}/README.md and {out}/figures", flush=True)

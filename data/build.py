@@ -119,7 +119,9 @@ def build_transform(is_train, config):
 
 def _split_dataset(root, is_train, config):
     split = 'train' if is_train else 'val'
-    dataset = image_folder(split_dir(root, split), build_transform(is_train, config), config.DATA.SKIP_BAD_IMAGES)
+    subset = config.DATA.TRAIN_SUBSET if is_train else 0
+    dataset = image_folder(split_dir(root, split), build_transform(is_train, config), config.DATA.SKIP_BAD_IMAGES,
+                           subset)
     logger.info('%s: %d images in %d classes from %s', split, len(dataset), len(dataset.classes), dataset.root)
     return dataset
 

@@ -21,6 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
@@ -171,8 +172,28 @@ def image_paths(path):
     return [p for p, _ in dataset.samples]
 
 
-def image_folder(path, transform, skip_bad_images=False):
-    """An ImageFolder over `path` with every image verified.
+SUBSET_SEED = 0  # class_balanced_subset's draw: fixed, so that every SEED fine-tunes on the same images
+
+
+def class_balanced_subset(targets, num_classes, size):
+    """The sorted indices of `size` samples, as equal a number per class as possible: a class with fewer
+    images gives them all and the rest is shared among the others. Drawn uniformly within each class by
+    a fixed generator, so the same `targets` always give the same subset."""
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(SUBSET_SEED)
+    by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in range(num_classes)]
+    take, left = [0] * num_classes, size
+    while left:  # deal one image per class in turn, skipping the classes that are used up
+        open_classes = [c for c in range(num_classes) if take[c] < len(by_class[c])]
+        for c in open_classes[:left]:
+            take[c] += 1
+        left -= min(left, len(open_classes))
+    return np.sort(np.concatenate([indices[:n] for indices, n in zip(by_class, take)]))
+
+
+def image_folder(path, transform, skip_bad_images=False, subset=0):
+    """An ImageFolder over `path` with every image verified (`subset` > 0: only that many images,
+    chosen by class_balanced_subset, are kept and verified).
 
     Raises DataError when `path` has no class folders, no images, a class folder without images,
     or (unless `skip_bad_images`) a file that cannot be decoded. With `skip_bad_images`, such files
@@ -189,6 +210,13 @@ def image_folder(path, transform, skip_bad_images=False):
         raise DataError(f"'{path}' has no images (looked for {', '.join(IMG_EXTENSIONS)} "
                         f"files in its class folders)")
     _check_no_empty_class(dataset, classes)
+    if subset:
+        if subset > len(dataset.samples):
+            raise DataError(f"DATA.TRAIN_SUBSET {subset} is more than the {len(dataset.samples)} images in '{path}'")
+        keep = class_balanced_subset(dataset.targets, len(classes), subset)
+        dataset.samples = [dataset.samples[i] for i in keep]
+        dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
+        logger.info('DATA.TRAIN_SUBSET: %d of the images in %s', subset, path)
     start = time.perf_counter()
     bad = find_bad_images([p for p, _ in dataset.samples])
     logger.info('verified %d images in %s in %.1f s', len(dataset.samples), path, time.perf_counter() - start)

@@ -105,7 +105,8 @@ def build_pretrain_loader(config):
     """(dataset, data_loader) for SimMIM pre-training; the loader yields (images [B, 3, H, W],
     masks [B, h, w] uint8). Raises DataError for the same bad inputs as build_loader."""
     root = dataset_root(config, training=False)  # no Mixup in pre-training: any batch size
-    dataset = image_folder(pretrain_image_folder(root), SimMIMTransform(config), config.DATA.SKIP_BAD_IMAGES)
+    dataset = image_folder(pretrain_image_folder(root), SimMIMTransform(config), config.DATA.SKIP_BAD_IMAGES,
+                           config.DATA.TRAIN_SUBSET)
     logger.info('pre-training: %d images from %s', len(dataset), dataset.root)
     world_size, rank = get_world_size(), get_rank()
     _check_iterations(dataset, config.DATA.BATCH_SIZE, world_size)

@@ -50,7 +50,10 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
             np.random.seed(seed % 2 ** 32)
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also reseed every accelerator's generator
+            # (which fork_rng(devices=[]) does not restore) and, before CUDA is initialised, queue
+            # lazy calls that each capture a stack trace: 0.9 ms per image, half the loading time
+            torch.default_generator.manual_seed(seed)
             try:
                 return self.dataset[index]
             finally:

@@ -1,10 +1,9 @@
-"""What reproduce.py runs: the five schedules, the seeds, epochs and scales of the full and --quick plans,
-and the runs (schedule x seed) they make."""
+"""What reproduce.py runs: the datasets, the five schedules, the seeds, epochs and scales of the full and
+--quick plans, the SimMIM pre-training the fine-tunings start from, and the runs (schedule x seed) they make."""
 import os
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
-MODEL_NAME = 'demo'  # MODEL.NAME of configs/demo: the first level of main_finetune.py's output folder
 CONFIG_FILE = 'config.yaml'
 
 
@@ -13,10 +12,38 @@ class ReproduceError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Dataset:
+    """One variant of the reproduction: its fine-tuning configs and, if it has one, its pre-training."""
+    key: str          # --dataset, and DATA.DATASET of its configs
+    config_dir: str   # the fine-tuning configs, one file per setting (the same names in each folder)
+    model_name: str   # MODEL.NAME of those configs: the first level of main_finetune.py's output folder
+    epochs: int       # TRAIN.EPOCHS of those configs: the full plan's epochs
+    object_noun: str  # what the bright pixels are ('digit'), for the claims' sentences
+    pretrain_config: str = ''      # SimMIM pre-training config; '' trains from scratch, as the digits do
+    pretrain_model_name: str = ''  # its MODEL.NAME
+
+
+DATASETS = {
+    'fashion_mnist': Dataset('fashion_mnist', 'configs/fashion_mnist', 'fashion_mnist', 4, 'garment',
+                             'configs/simmim/fashion_mnist.yaml', 'simmim_fashion_mnist'),
+    'digits': Dataset('digits', 'configs/demo', 'demo', 30, 'digit'),
+}
+DEFAULT_DATASET = 'fashion_mnist'
+PRETRAIN_TAG = 'pretrain'  # the pre-training's folder: <work>/<pretrain_model_name>/pretrain
+PRETRAIN_SEED = 0  # one pre-training for all seeds of the fine-tuning, as one pre-trained model in the paper
+
+
+@dataclass(frozen=True)
 class Setting:
     key: str     # short name used in tables and by the claims
-    config: str  # file in configs/demo/
+    config: str  # file in the dataset's config folder
     label: str   # legend and table label
+    pretrained: bool = True  # fine-tuned from the pre-training (when the dataset has one)
+    tag: str = ''  # the run's name before _seed<k>; default: the config's name
+
+    @property
+    def name(self):
+        return self.tag or os.path.splitext(self.config)[0]
 
 
 SETTINGS = (
@@ -26,7 +53,9 @@ SETTINGS = (
     Setting('cyclic', 'magnitude_cyclic.yaml', 'Cyclic(0.2, 1.0)'),
     Setting('random_cyclic', 'random_cyclic.yaml', 'Cyclic(0.2, 1.0), random'),
 )
-SETTING_BY_KEY = {s.key: s for s in SETTINGS}
+# The pre-training's effect: the baseline fine-tuned the same way without it (first seed only).
+SCRATCH = Setting('scratch', 'baseline.yaml', 'baseline from scratch', pretrained=False, tag='baseline_scratch')
+SETTING_BY_KEY = {s.key: s for s in SETTINGS + (SCRATCH,)}
 PAPER_SCHEDULES = ('fixed', 'linear', 'cyclic')  # the PSS schedules the paper reports numbers for
 PSS_SETTINGS = ('fixed', 'linear', 'cyclic', 'random_cyclic')
 
@@ -41,45 +70,67 @@ DISTRIBUTION_DROP_RATIOS = (0.2, 0.4, 0.6, 0.8)
 class Plan:
     seeds: tuple
     epochs: int
-    opts: tuple = ()  # extra KEY VALUE overrides for every script (model and image size in --quick)
+    opts: tuple = ()  # extra KEY VALUE overrides for every fine-tuning script (model and image size in --quick)
     sweep_drop_ratios: tuple = FULL_SWEEP_DROP_RATIOS
     image_drop_ratios: tuple = GRID_DROP_RATIOS
     distribution_drop_ratios: tuple = DISTRIBUTION_DROP_RATIOS
+    dataset: Dataset = DATASETS['digits']  # make_plan's default is DEFAULT_DATASET; this one keeps older callers
+    pretrain_opts: tuple = ()  # extra KEY VALUE overrides for main_simmim.py
+
+    @property
+    def pretrained(self):
+        return bool(self.dataset.pretrain_config)
 
     def overrides(self, seed):
-        """{config key: value} that every script of the run with `seed` gets through --opts."""
+        """{config key: value} that every fine-tuning script of the run with `seed` gets through --opts."""
         pairs = dict(zip(self.opts[::2], self.opts[1::2]))
-        pairs.update({'SEED': str(seed), 'TRAIN.EPOCHS': str(self.epochs)})
+        pairs.update({'SEED': str(seed), 'TRAIN.EPOCHS': str(self.epochs), 'DATA.DATASET': self.dataset.key})
+        return pairs
+
+    def pretrain_overrides(self):
+        """{config key: value} that main_simmim.py gets through --opts."""
+        pairs = dict(zip(self.pretrain_opts[::2], self.pretrain_opts[1::2]))
+        pairs.update({'SEED': str(PRETRAIN_SEED), 'DATA.DATASET': self.dataset.key})
         return pairs
 
 
-FULL_SEEDS, FULL_EPOCHS = (0, 1, 2), 30
-# --quick: 16 px digits in 4 px patches (17 tokens), a 48-wide 2-block ViT, 2 epochs, 1 seed, the
-# sweep on the 0.2 grid only. Enough to run every stage and every figure; not to judge the claims.
+FULL_SEEDS = (0, 1, 2)
+# --quick: 16 px images in 4 px patches (17 tokens), a 48-wide 2-block ViT, 2 epochs, 1 seed, the
+# sweep on the 0.2 grid only; on Fashion-MNIST 1,280 training images and a 1-epoch pre-training on 2,560.
+# Enough to run every stage and every figure; not to judge the claims.
 QUICK_SEEDS, QUICK_EPOCHS = (0,), 2
 QUICK_OPTS = ('DATA.IMG_SIZE', '16', 'MODEL.VIT.PATCH_SIZE', '4', 'MODEL.VIT.EMBED_DIM', '48',
               'MODEL.VIT.DEPTH', '2', 'MODEL.VIT.NUM_HEADS', '3')
+QUICK_FINETUNE_SUBSET = ('DATA.TRAIN_SUBSET', '1280')
+QUICK_PRETRAIN_OPTS = ('DATA.TRAIN_SUBSET', '2560', 'TRAIN.EPOCHS', '1', 'TRAIN.WARMUP_EPOCHS', '0',
+                       'TRAIN.LR_SCHEDULER.MULTISTEPS', '[]')
 
 
-def make_plan(quick=False, seeds=None, epochs=None):
-    """The full or --quick plan, with --seeds / --epochs applied. The warm-up (3 epochs in
-    configs/demo) is shortened to a tenth of the epochs for runs under 30 epochs, at least 1 epoch."""
-    epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
+def make_plan(quick=False, seeds=None, epochs=None, dataset=DEFAULT_DATASET):
+    """The full or --quick plan of `dataset`, with --seeds / --epochs applied. Runs shorter than the
+    configs' epochs get a warm-up of a tenth of their epochs, at least 1 epoch."""
+    if dataset not in DATASETS:
+        raise ReproduceError(f"--dataset {dataset} is not known; valid values: {', '.join(DATASETS)}")
+    data = DATASETS[dataset]
+    epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else data.epochs)
     if epochs < 1:
         raise ReproduceError(f'--epochs must be at least 1, got {epochs}')
     seeds = tuple(seeds) if seeds else (QUICK_SEEDS if quick else FULL_SEEDS)
     if len(set(seeds)) != len(seeds):
         raise ReproduceError(f'--seeds: {list(seeds)} repeats a seed')
     opts = QUICK_OPTS if quick else ()
-    if epochs < FULL_EPOCHS:
+    pretrain_opts = QUICK_OPTS + QUICK_PRETRAIN_OPTS if quick and data.pretrain_config else ()
+    if quick and data.pretrain_config:
+        opts += QUICK_FINETUNE_SUBSET
+    if epochs < data.epochs:
         opts += ('TRAIN.WARMUP_EPOCHS', str(max(1, epochs // 10)))
-    if quick:
-        return Plan(seeds, epochs, opts, sweep_drop_ratios=GRID_DROP_RATIOS)
-    return Plan(seeds, epochs, opts)
+    # the sweep on the 0.2 grid (the paper's table) where 10,000 validation images make each ρ cost 10 s or more
+    sweep = GRID_DROP_RATIOS if quick or data.pretrain_config else FULL_SWEEP_DROP_RATIOS
+    return Plan(seeds, epochs, opts, sweep_drop_ratios=sweep, dataset=data, pretrain_opts=pretrain_opts)
 
 
 def run_name(setting, seed):
-    return f'{os.path.splitext(setting.config)[0]}_seed{seed}'
+    return f'{setting.name}_seed{seed}'
 
 
 @dataclass
@@ -87,6 +138,7 @@ class Run:
     setting: Setting
     seed: int
     extras: bool  # image_patches.py and patch_distribution.py too (the first seed of each schedule)
+    pretrained: bool = False  # main_finetune.py --pretrained <the pre-training's checkpoint>
 
     @property
     def name(self):
@@ -94,5 +146,10 @@ class Run:
 
 
 def plan_runs(plan):
-    """Seed-major order, so that a stopped reproduce.py has every schedule at the first seeds."""
-    return [Run(setting, seed, extras=seed == plan.seeds[0]) for seed in plan.seeds for setting in SETTINGS]
+    """Seed-major order, so that a stopped reproduce.py has every schedule at the first seeds; with a
+    pre-training, the baseline from scratch (first seed) comes last."""
+    runs = [Run(setting, seed, extras=seed == plan.seeds[0], pretrained=plan.pretrained)
+            for seed in plan.seeds for setting in SETTINGS]
+    if plan.pretrained:
+        runs.append(Run(SCRATCH, plan.seeds[0], extras=False, pretrained=False))
+    return runs

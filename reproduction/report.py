@@ -4,10 +4,13 @@ import os
 import platform
 import subprocess
 
-from reproduction.claims import all_claims, md_table, sweep_table
+from reproduction.claims import all_claims, md_table, pretraining_table, sweep_table
 from reproduction.plan import ROOT
-from reproduction.results import load_results, model_scale, num_val_images
-from reproduction.stages import format_seconds, make_figures, read_timings
+from reproduction.results import load_pretraining, load_results, model_scale, num_val_images
+from reproduction.stages import PRETRAIN_RUN, format_seconds, make_figures, read_timings
+
+TITLES = {'digits': 'the digits demo', 'fashion_mnist': 'Fashion-MNIST, fine-tuned after SimMIM pre-training'}
+
 
 def git_commit():
     try:
@@ -36,23 +39,44 @@ def machine_description():
             f'Python {platform.python_version()}, torch {torch.__version__}')
 
 
-def setup_description(results, plan):
+def setup_description(results, plan, pretraining=None):
+    """The setup paragraph; `pretraining`: load_pretraining()'s {'config', 'steps', 'final_loss'}."""
     run, scale = results['baseline'][0], model_scale(results)
     vit, data, train = run.config['MODEL']['VIT'], run.config['DATA'], run.config['TRAIN']
     steps = scale['steps'] // train['EPOCHS']
-    return (f"scikit-learn's 8 × 8 handwritten digits upscaled to {data['IMG_SIZE']} px ({num_val_images(results)} "
-            f"validation images, an 80/20 split), {vit['PATCH_SIZE']} px patches ({scale['tokens']} tokens with "
-            f"CLS), a ViT of width {vit['EMBED_DIM']}, depth {vit['DEPTH']} and {vit['NUM_HEADS']} heads with "
-            f"absolute and relative position embeddings, trained from scratch for {train['EPOCHS']} epochs of "
-            f"{steps} steps of {data['BATCH_SIZE']} images (AdamW, cosine LR, {train['WARMUP_EPOCHS']} warm-up "
-            f'epoch(s)), {len(plan.seeds)} seed(s) per schedule ({", ".join(map(str, plan.seeds))}). The paper '
-            f'fine-tunes a pre-trained ViT-B on ImageNet at 224 px (197 tokens) for 100 epochs on 4 A100s.')
+    model = (f"{vit['PATCH_SIZE']} px patches ({scale['tokens']} tokens with CLS), a ViT of width {vit['EMBED_DIM']}, "
+             f"depth {vit['DEPTH']} and {vit['NUM_HEADS']} heads with absolute and relative position embeddings")
+    recipe = (f"{train['EPOCHS']} epochs of {steps} steps of {data['BATCH_SIZE']} images (AdamW, cosine LR, "
+              f"{train['WARMUP_EPOCHS']} warm-up epoch(s)), {len(plan.seeds)} seed(s) per schedule "
+              f'({", ".join(map(str, plan.seeds))})')
+    paper = ('The paper fine-tunes a pre-trained ViT-B on ImageNet at 224 px (197 tokens) for 100 epochs on 4 '
+             'A100s.')
+    if plan.dataset.key == 'digits':
+        return (f"scikit-learn's 8 × 8 handwritten digits upscaled to {data['IMG_SIZE']} px ({num_val_images(results)} "
+                f'validation images, an 80/20 split), {model}, trained from scratch for {recipe}. {paper}')
+    subset = data.get('TRAIN_SUBSET') or 60000
+    text = (f"Fashion-MNIST's 28 × 28 grey images upscaled to {data['IMG_SIZE']} px, {model}. ")
+    if pretraining:
+        pre = pretraining['config']
+        pre_subset = pre['DATA'].get('TRAIN_SUBSET') or 60000
+        text += (f"Pre-trained once with SimMIM (main_simmim.py) on {pre_subset:,} training images for "
+                 f"{pre['TRAIN']['EPOCHS']} epoch(s), {pretraining['steps']:,} steps of {pre['DATA']['BATCH_SIZE']} "
+                 f"(masking {pre['DATA']['MASK_RATIO']:.0%} of blocks of {pre['DATA']['MASK_PATCH_SIZE']} px; final "
+                 f"reconstruction loss {pretraining['final_loss']:.3f}), then ")
+    text += (f"fine-tuned on {subset:,} training images ({subset // 10:,} per class; layer decay "
+             f"{train['LAYER_DECAY']}, drop path {run.config['MODEL']['DROP_PATH_RATE']}) for {recipe}, and validated "
+             f'on all {num_val_images(results):,} test images. One baseline (the first seed) is fine-tuned the same '
+             f'way from a random initialisation, to show what the pre-training gives. The paper pre-trains ViT-B '
+             f'with SimMIM for 800 epochs on ImageNet, then fine-tunes it at 224 px (197 tokens) for 100 epochs on 4 '
+             f'A100s.')
+    return text
 
 
-def render_readme(claims, meta, figures=(), sweep=''):
+def render_readme(claims, meta, figures=(), sweep='', pretraining=''):
     """results/README.md from the claims (with their tables and verdicts) and `meta`
-    {'command', 'commit', 'machine', 'wall_time', 'setup', 'date'}."""
-    lines = ['# PSS at laptop scale: the paper\'s claims on the digits demo', '',
+    {'command', 'commit', 'machine', 'wall_time', 'setup', 'date', 'title'}; `pretraining`: its section's
+    markdown, if the fine-tunings started from one."""
+    lines = [f"# PSS at laptop scale: the paper's claims on {meta.get('title', TITLES['digits'])}", '',
              'Written by `reproduce.py`; every number below is computed from the files in `runs/`. '
              'Do not edit by hand: rerun the command.', '',
              f"- command: `{meta['command']}`", f"- commit: {meta['commit']}", f"- machine: {meta['machine']}",
@@ -62,6 +86,8 @@ def render_readme(claims, meta, figures=(), sweep=''):
                       [[c.number, c.title, f'**{c.status}**: {c.sentence}'] for c in claims]), '',
              'Each verdict follows from the numbers by the criterion stated under its claim; the experiment was not '
              'tuned to make any claim pass.', '']
+    if pretraining:
+        lines += ['## What the pre-training gives', '', pretraining, '']
     if figures:
         lines += ['## Figures', '']
         for name, caption in figures:
@@ -81,18 +107,24 @@ def render_readme(claims, meta, figures=(), sweep=''):
 
 def write_report(out, plan, command, invocation_seconds, ran_anything=True):
     results = load_results(out, plan)
-    claims = all_claims(results)
+    pretraining = load_pretraining(out) if plan.pretrained else None
+    claims = all_claims(results, plan.dataset)
     figures = make_figures(results, os.path.join(out, 'figures'))
     timings = read_timings(out)
     total = sum(seconds for stages in timings.values() for seconds in stages.values())
     train = sum(stages.get('train', 0.0) for stages in timings.values())
+    pretrain = timings.get(PRETRAIN_RUN, {}).get('pretrain')
+    pre = f'{format_seconds(pretrain)} pre-training, ' if pretrain is not None else ''
+    word = 'fine-tuning' if plan.pretrained else 'training'
     meta = {'command': command, 'commit': git_commit(), 'machine': machine_description(),
-            'wall_time': (f'{format_seconds(total)} in the stages ({format_seconds(train)} training, the rest '
-                          f'sweeps and plots; summed over invocations if it was resumed); '
+            'title': TITLES[plan.dataset.key],
+            'wall_time': (f'{format_seconds(total)} in the stages ({pre}{format_seconds(train)} {word}, the '
+                          f'rest sweeps and plots; summed over invocations if it was resumed); '
                           + (f'this invocation {format_seconds(invocation_seconds)}' if ran_anything else
                              'this invocation found every stage done and only rewrote the report')),
-            'setup': setup_description(results, plan), 'date': datetime.date.today().isoformat()}
-    text = render_readme(claims, meta, figures, sweep_table(results))
+            'setup': setup_description(results, plan, pretraining), 'date': datetime.date.today().isoformat()}
+    section = pretraining_table(results, pretrain) if plan.pretrained else ''
+    text = render_readme(claims, meta, figures, sweep_table(results), section)
     with open(os.path.join(out, 'README.md'), 'w') as f:
         f.write(text)
     return claims

@@ -46,6 +46,19 @@ def load_results(out, plan):
     return results
 
 
+def load_pretraining(out, name='simmim_pretrain'):
+    """{'config', 'steps', 'final_loss'} of the pre-training in <out>/runs/<name>, or None if absent; the
+    final loss is the mean reconstruction loss of its last epoch (train_log.json `loss` at its last step)."""
+    run_dir = os.path.join(out, 'runs', name)
+    if not os.path.exists(os.path.join(run_dir, TRAIN_LOG)):
+        return None
+    with open(os.path.join(run_dir, CONFIG_FILE)) as f:
+        config = yaml.safe_load(f)
+    log = read_train_log(os.path.join(run_dir, TRAIN_LOG), ('loss', 'time'))
+    return {'config': config, 'steps': len(log['loss']), 'final_loss': float(log['loss'][-1]),
+            'seconds': float(np.sum(log['time']))}
+
+
 def training_seconds(run):
     """Wall-clock seconds of training: the sum of the per-iteration times (data loading included)."""
     return float(np.sum(run.train['time']))

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import yaml
 
-from reproduction.plan import CONFIG_FILE, MODEL_NAME, ROOT, SETTING_BY_KEY, ReproduceError, plan_runs
+from reproduction.plan import CONFIG_FILE, PRETRAIN_TAG, ROOT, SETTING_BY_KEY, ReproduceError, plan_runs
 from reproduction.results import present
 from viz.common import (IMAGE_PATCHES, PATCH_DISTRIBUTION, SWEEP, TRAIN_LOG, VAL_LOG, VizInputError, read_json,
                         read_sweep, read_val_log, save_figure)
@@ -104,14 +104,20 @@ def missing_stages(run_dir, plan, run):
 # -----------------------------------------------------------------------------
 # Running
 # -----------------------------------------------------------------------------
+def run_dir(plan, work, run):
+    """Where main_finetune.py writes `run`: <work>/<MODEL.NAME>/<run name>."""
+    return os.path.join(work, plan.dataset.model_name, run.name)
+
+
 def stage_command(stage, run, plan, work):
     """The argument list (after the interpreter) that runs `stage` of `run`."""
-    cfg = os.path.join('configs', 'demo', run.setting.config)
+    cfg = os.path.join(plan.dataset.config_dir, run.setting.config)
     opts = [item for pair in plan.overrides(run.seed).items() for item in pair]
     common = ['--cfg', cfg, '--output', work, '--tag', run.name, '--opts', *opts]
     if stage == 'train':
-        return ['main_finetune.py', *common]
-    checkpoint = os.path.join(work, MODEL_NAME, run.name, 'checkpoint.pth')
+        start = ['--pretrained', pretrain_checkpoint(plan, work)] if run.pretrained else []
+        return ['main_finetune.py', *common, *start]
+    checkpoint = os.path.join(run_dir(plan, work, run), 'checkpoint.pth')
     ratios = {'sweep': plan.sweep_drop_ratios, 'image_patches': plan.image_drop_ratios,
               'patch_distribution': plan.distribution_drop_ratios}[stage]
     script = {'sweep': 'sweep_drop.py', 'image_patches': 'image_patches.py',
@@ -146,6 +152,63 @@ def copy_small_files(src_dir, dst_dir, run):
         if not os.path.exists(src):
             raise ReproduceError(f"'{src}' is missing after its stage ran")
         shutil.copyfile(src, os.path.join(dst_dir, name))
+
+
+# -----------------------------------------------------------------------------
+# The SimMIM pre-training that every fine-tuning but the one from scratch starts from
+# -----------------------------------------------------------------------------
+PRETRAIN_RUN = 'simmim_pretrain'  # its name in <out>/runs and in timings.json
+PRETRAIN_FILES = (CONFIG_FILE, TRAIN_LOG)
+
+
+def pretrain_dir(plan, work):
+    return os.path.join(work, plan.dataset.pretrain_model_name, PRETRAIN_TAG)
+
+
+def pretrain_checkpoint(plan, work):
+    return os.path.join(pretrain_dir(plan, work), 'checkpoint.pth')
+
+
+def pretrain_command(plan, work):
+    opts = [item for pair in plan.pretrain_overrides().items() for item in pair]
+    return ['main_simmim.py', '--cfg', plan.dataset.pretrain_config, '--output', work, '--tag', PRETRAIN_TAG,
+            '--opts', *opts]
+
+
+def pretrain_done(plan, work):
+    """Whether the pre-training's checkpoint.pth holds its last epoch, finished (ReproduceError if its folder
+    holds a pre-training with other settings)."""
+    folder = pretrain_dir(plan, work)
+    check_config(folder, plan.pretrain_overrides())
+    path = pretrain_checkpoint(plan, work)
+    if not os.path.exists(path):
+        return False
+    import torch
+
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        config = yaml.safe_load(state['config'])
+    except Exception:  # cut short or unreadable: main_simmim.py itself reports what is wrong
+        return False
+    return state['epoch'] == config['TRAIN']['EPOCHS'] - 1 and state['step_in_epoch'] == 0
+
+
+def run_pretraining(plan, out, work, runner, timings, log):
+    """Pre-train unless done, then copy its config and log to <out>/runs/simmim_pretrain. Returns whether it ran."""
+    ran = not pretrain_done(plan, work)
+    if ran:
+        log(f'pre-training: {plan.dataset.pretrain_config} (once, for every fine-tuning but the one from scratch)')
+        start = time.time()
+        runner(pretrain_command(plan, work), os.path.join(work, 'logs', f'{PRETRAIN_RUN}.txt'))
+        timings[PRETRAIN_RUN] = {'pretrain': time.time() - start}
+        write_timings(out, timings)
+        if not pretrain_done(plan, work):
+            raise ReproduceError(f"the pre-training left no finished checkpoint in '{pretrain_dir(plan, work)}'")
+    dst = os.path.join(out, 'runs', PRETRAIN_RUN)
+    os.makedirs(dst, exist_ok=True)
+    for name in PRETRAIN_FILES:
+        shutil.copyfile(os.path.join(pretrain_dir(plan, work), name), os.path.join(dst, name))
+    return ran
 
 
 def format_seconds(seconds):
@@ -193,13 +256,18 @@ def execute(plan, out, work, runner=run_command, log=print):
     timings = read_timings(out)
     start = time.time()
     stage_seconds, ran, skipped = {}, [], []
+    todo = {run.name: missing_stages(os.path.join(out, 'runs', run.name), plan, run) for run in runs}
+    needs_pretraining = any(run.pretrained and 'train' in missing_stages(run_dir(plan, work, run), plan, run)
+                            for run in runs if todo[run.name])
+    if needs_pretraining and run_pretraining(plan, out, work, runner, timings, log):
+        ran.append((PRETRAIN_RUN, ['pretrain']))
     for k, run in enumerate(runs, 1):
         out_dir = os.path.join(out, 'runs', run.name)
-        if not missing_stages(out_dir, plan, run):
+        if not todo[run.name]:
             skipped.append(run.name)
             log(f'[{k}/{len(runs)}] {run.name}: done, skipped')
             continue
-        work_dir = os.path.join(work, MODEL_NAME, run.name)
+        work_dir = run_dir(plan, work, run)
         stages = missing_stages(work_dir, plan, run)
         # the ETA assumes that every later run has all its stages to do (skipped ones make it shorter)
         later = [STAGES if r.extras else STAGES[:2] for r in runs[k:]]

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import yaml
 
-from reproduction.claims import all_claims, sweep_table
-from reproduction.plan import MODEL_NAME, ROOT, SETTINGS, Plan, ReproduceError, Run, make_plan, plan_runs
+from reproduction.claims import all_claims, pretraining_table, sweep_table
+from reproduction.plan import (DATASETS, ROOT, SETTING_BY_KEY, SETTINGS, Plan, ReproduceError, Run, make_plan,
+                               plan_runs)
 from reproduction.report import render_readme, setup_description
-from reproduction.results import RunResult, load_results
-from reproduction.stages import estimate_seconds, execute, missing_stages, progress_line, stage_command
+from reproduction.results import RunResult, load_pretraining, load_results
+from reproduction.stages import (estimate_seconds, execute, missing_stages, pretrain_checkpoint, progress_line,
+                                 stage_command)
 from viz.image_patches import IMAGENET_MEAN, IMAGENET_STD
 
-SCHEDULE_RHO = {'baseline': [1.0], 'fixed': [0.6], 'linear': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
+SCHEDULE_RHO = {'baseline': [1.0], 'scratch': [1.0], 'fixed': [0.6], 'linear': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
                 'cyclic': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
                 'random_cyclic': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0]}
 RHOS = (1.0, 0.8, 0.6, 0.4, 0.2)
@@ -227,26 +229,31 @@ def test_readme_lists_every_claim_with_measured_rows():
     assert '3 epochs of 9 steps of 64 images' in setup and '2 seed(s) per schedule (0, 1)' in setup
 
 
-def test_committed_results_readme_is_what_the_committed_runs_give():
-    """results/README.md was written by reproduce.py from results/runs: recomputing every claim from the
+@pytest.mark.parametrize('folder, dataset', [('results', 'fashion_mnist'), ('results_digits', 'digits')])
+def test_committed_results_readme_is_what_the_committed_runs_give(folder, dataset):
+    """<folder>/README.md was written by reproduce.py from <folder>/runs: recomputing every claim from the
     committed runs gives the committed verdicts, sentences and tables (no hand edits, no stale report)."""
-    out = os.path.join(ROOT, 'results')
-    results = load_results(out, make_plan())
+    out, plan = os.path.join(ROOT, folder), make_plan(dataset=dataset)
+    results = load_results(out, plan)
     with open(os.path.join(out, 'README.md')) as f:
         committed = f.read()
-    for c in all_claims(results):
+    for c in all_claims(results, plan.dataset):
         assert f'**{c.status.capitalize()}**: {c.sentence}.' in committed
         for table in c.tables:
             assert table in committed
     assert sweep_table(results) in committed
-    assert setup_description(results, make_plan()) in committed
+    pretraining = load_pretraining(out) if plan.pretrained else None
+    assert setup_description(results, plan, pretraining) in committed
+    if plan.pretrained:
+        timings = json.load(open(os.path.join(out, 'timings.json')))
+        assert pretraining_table(results, timings['simmim_pretrain']['pretrain']) in committed
 
 
 def test_committed_runs_are_read_with_the_meanings_they_were_written_with():
-    """results/runs was written before train_log.json `loss` became the original's running mean and
+    """results_digits/runs was written before train_log.json `loss` became the original's running mean and
     val_log.json `time` the mean per batch: their `loss` is each step's, their `time` the whole pass."""
-    out = os.path.join(ROOT, 'results')
-    run = load_results(out, make_plan())['cyclic'][0]
+    out = os.path.join(ROOT, 'results_digits')
+    run = load_results(out, make_plan(dataset='digits'))['cyclic'][0]
     run_dir = os.path.join(out, 'runs', 'magnitude_cyclic_seed0')
     with open(os.path.join(run_dir, 'train_log.json')) as f:
         lines = [json.loads(line) for line in f]
@@ -264,6 +271,11 @@ def test_committed_runs_are_read_with_the_meanings_they_were_written_with():
 # -----------------------------------------------------------------------------
 QUICK = Plan(seeds=(0, 1), epochs=2, opts=('DATA.IMG_SIZE', '16'), sweep_drop_ratios=(0.0, 0.4, 0.8),
              image_drop_ratios=(0.0, 0.4), distribution_drop_ratios=(0.4,))
+# the same with a SimMIM pre-training first, as the Fashion-MNIST plan has
+PRETRAINED = Plan(seeds=(0, 1), epochs=2, opts=('DATA.IMG_SIZE', '16'), sweep_drop_ratios=(0.0, 0.4, 0.8),
+                  image_drop_ratios=(0.0, 0.4), distribution_drop_ratios=(0.4,), dataset=DATASETS['fashion_mnist'],
+                  pretrain_opts=('TRAIN.EPOCHS', '1'))
+MODEL_NAMES = {d.config_dir: d.model_name for d in DATASETS.values()}
 
 
 def write_jsonl(path, records):
@@ -280,28 +292,63 @@ def values_after(args, name):
     return rest[:next((i for i, a in enumerate(rest) if a.startswith('--')), len(rest))]
 
 
-def fake_runner(calls, fail_at=None):
-    """Stands in for run_command: writes what each script would write, from its arguments."""
+def opts_config(args):
+    """The nested config dict that a script's --opts KEY VALUE pairs set."""
+    opts, config = values_after(args, '--opts'), {}
+    for key, value in zip(opts[::2], opts[1::2]):
+        node = config
+        *parents, last = key.split('.')
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return config
+
+
+def fake_pretraining(args, pretrained_from):
+    """What main_simmim.py writes: config.yaml, train_log.json and a checkpoint of its finished last epoch."""
+    import torch
+
+    config = opts_config(args)
+    config['TRAIN'].setdefault('EPOCHS', 1)
+    config['DATA'].update({'BATCH_SIZE': 64, 'MASK_RATIO': 0.6, 'MASK_PATCH_SIZE': 8})
+    run_dir = os.path.join(option(args, '--output'), DATASETS['fashion_mnist'].pretrain_model_name,
+                           option(args, '--tag'))
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'config.yaml'), 'w') as f:
+        yaml.safe_dump(config, f)
+    step_loss = 1.0 - 0.1 * np.arange(5)  # `loss` is the running mean over the epoch, as main_simmim.py logs it
+    write_jsonl(os.path.join(run_dir, 'train_log.json'), [
+        {'epoch': 0, 'iteration': i, 'loss': float(np.mean(step_loss[:i + 1])), 'step_loss': float(step_loss[i]),
+         'time': 0.5} for i in range(5)])
+    torch.save({'epoch': config['TRAIN']['EPOCHS'] - 1, 'step_in_epoch': 0, 'config': yaml.safe_dump(config)},
+               os.path.join(run_dir, 'checkpoint.pth'))
+    pretrained_from.append(option(args, '--tag'))
+
+
+def fake_runner(calls, fail_at=None, pretrained_from=None):
+    """Stands in for run_command: writes what each script would write, from its arguments. `pretrained_from`
+    collects the --pretrained of each main_finetune.py ('' without)."""
+    pretrained_from = [] if pretrained_from is None else pretrained_from
+
     def runner(args, log_path):
         calls.append((args[0], option(args, '--tag')))
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt  # killed mid-stage: nothing of this stage is written
-        run_dir = os.path.join(option(args, '--output'), MODEL_NAME, option(args, '--tag'))
+        if args[0] == 'main_simmim.py':
+            return fake_pretraining(args, [])
+        run_dir = os.path.join(option(args, '--output'), MODEL_NAMES[os.path.dirname(option(args, '--cfg'))],
+                               option(args, '--tag'))
         os.makedirs(run_dir, exist_ok=True)
-        opts = values_after(args, '--opts')
-        config = {}
-        for key, value in zip(opts[::2], opts[1::2]):
-            node = config
-            *parents, last = key.split('.')
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = yaml.safe_load(value)
+        config = opts_config(args)
         config.setdefault('MODEL', {})['VIT'] = {'PATCH_SIZE': 4, 'EMBED_DIM': 48, 'DEPTH': 2, 'NUM_HEADS': 3}
         config.setdefault('DATA', {}).update({'BATCH_SIZE': 64})
         config['TRAIN'].setdefault('WARMUP_EPOCHS', 1)
-        key = next(s.key for s in SETTINGS if option(args, '--tag').startswith(s.config[:-5] + '_seed'))
+        name = option(args, '--tag').rsplit('_seed', 1)[0]
+        key = next(s.key for s in SETTING_BY_KEY.values() if s.name == name)
         seed = config['SEED']
+        penalty = 5.0 if key == 'scratch' else 0.0  # without the pre-training: 5 points lower everywhere
         if args[0] == 'main_finetune.py':
+            pretrained_from.append(option(args, '--pretrained') if '--pretrained' in args else '')
             with open(os.path.join(run_dir, 'config.yaml'), 'w') as f:
                 yaml.safe_dump(config, f)
             train = train_log(key, seed, epochs=config['TRAIN']['EPOCHS'])
@@ -309,14 +356,16 @@ def fake_runner(calls, fail_at=None):
                 {name: train[name][i].item() for name in ('epoch', 'iteration', 'loss', 'time', 'cpu_time',
                                                           'patch_drop_ratio')} for i in range(len(train['time']))])
             write_jsonl(os.path.join(run_dir, 'val_log.json'), [
-                {'epoch': e, 'acc1': 90.0 + e, 'loss': 0.5, 'time': 1.0} for e in range(config['TRAIN']['EPOCHS'])])
+                {'epoch': e, 'acc1': 90.0 + e - penalty, 'loss': 0.5, 'time': 1.0}
+                for e in range(config['TRAIN']['EPOCHS'])])
             with open(os.path.join(run_dir, 'checkpoint.pth'), 'w') as f:
                 f.write('weights')
             return
         ratios = [float(r) for r in values_after(args, '--drop-ratios')]
         if args[0] == 'sweep_drop.py':
             write_jsonl(os.path.join(run_dir, 'sweep_drop.json'), [
-                {'drop_ratio': d, 'acc1': 90.0 - 10 * d, 'throughput': 100.0, 'num_images': 360} for d in ratios])
+                {'drop_ratio': d, 'acc1': 90.0 - 10 * d - penalty, 'throughput': 100.0, 'num_images': 360}
+                for d in ratios])
         elif args[0] == 'image_patches.py':
             data = image_patches_data(on_ink=True)
             with open(os.path.join(run_dir, 'image_patches.json'), 'w') as f:
@@ -328,7 +377,7 @@ def fake_runner(calls, fail_at=None):
 
 
 def all_stage_calls(plan):
-    calls = []
+    calls = [('main_simmim.py', 'pretrain')] if plan.pretrained else []
     for run in plan_runs(plan):
         scripts = ['main_finetune.py', 'sweep_drop.py'] + (['image_patches.py', 'patch_distribution.py']
                                                            if run.extras else [])
@@ -376,9 +425,50 @@ def test_a_killed_reproduce_continues_where_it_stopped(tmp_path):
     assert calls == expected[5:]  # the interrupted stage again, then the rest; nothing twice
 
 
+def test_pretraining_comes_first_once_and_every_fine_tuning_but_scratch_starts_from_it(tmp_path):
+    out, work = str(tmp_path / 'results'), str(tmp_path / 'work')
+    calls, pretrained_from = [], []
+    report = execute(PRETRAINED, out, work, runner=fake_runner(calls, pretrained_from=pretrained_from),
+                     log=lambda s: None)
+    assert calls == all_stage_calls(PRETRAINED) and calls[0] == ('main_simmim.py', 'pretrain')
+    assert calls[-2:] == [('main_finetune.py', 'baseline_scratch_seed0'), ('sweep_drop.py', 'baseline_scratch_seed0')]
+    assert pretrained_from == [pretrain_checkpoint(PRETRAINED, work)] * 10 + ['']  # the last: from scratch
+    assert len(report['ran']) == 12  # the pre-training and 11 runs
+    assert sorted(os.listdir(os.path.join(out, 'runs', 'simmim_pretrain'))) == ['config.yaml', 'train_log.json']
+    pre = load_pretraining(out)
+    assert pre['steps'] == 5 and pre['final_loss'] == pytest.approx(0.8) and pre['config']['SEED'] == 0
+    assert json.load(open(os.path.join(out, 'timings.json')))['simmim_pretrain'].keys() == {'pretrain'}
+    # everything done: nothing runs, not even the pre-training; nor when only the checkpoints are gone
+    calls.clear()
+    assert execute(PRETRAINED, out, work, runner=fake_runner(calls), log=lambda s: None)['ran'] == [] and not calls
+    import shutil
+    shutil.rmtree(work)
+    assert execute(PRETRAINED, out, work, runner=fake_runner(calls), log=lambda s: None)['ran'] == [] and not calls
+    results = load_results(out, PRETRAINED)
+    assert [r.seed for r in results['scratch']] == [0] and len(results['baseline']) == 2
+    text = pretraining_table(results, 120.0)
+    assert 'baseline (seed 0) ends at 91.00%' in text and 'random initialisation ends at 86.00%' in text
+    assert '+5.00 points from the pre-training' in text and 'for 2.0 minutes' in text
+    assert '| 0.6 | 86.00 | 81.00 | +5.00 |' in text
+
+
+def test_a_killed_pretraining_runs_again_and_only_it(tmp_path):
+    out, work = str(tmp_path / 'results'), str(tmp_path / 'work')
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        execute(PRETRAINED, out, work, runner=fake_runner(calls, fail_at=1), log=lambda s: None)
+    calls.clear()
+    execute(PRETRAINED, out, work, runner=fake_runner(calls), log=lambda s: None)
+    assert calls == all_stage_calls(PRETRAINED)
+    # a pre-training made with other settings is another experiment
+    other = Plan(**{**PRETRAINED.__dict__, 'pretrain_opts': ('TRAIN.EPOCHS', '2'), 'seeds': (5,)})
+    with pytest.raises(ReproduceError, match='TRAIN.EPOCHS is 1, but this command sets 2'):
+        execute(other, out, work, runner=fake_runner(calls), log=lambda s: None)
+
+
 def test_missing_stages(tmp_path):
     run = Run(SETTINGS[3], seed=0, extras=True)
-    run_dir = str(tmp_path / 'work' / MODEL_NAME / run.name)
+    run_dir = str(tmp_path / 'work' / 'demo' / run.name)
     assert missing_stages(run_dir, QUICK, run) == ['train', 'sweep', 'image_patches', 'patch_distribution']
     runner = fake_runner([])
     runner(stage_command('train', run, QUICK, str(tmp_path / 'work')), None)
@@ -402,7 +492,7 @@ def test_missing_stages(tmp_path):
 def test_other_experiments_are_not_mixed_in(tmp_path):
     run = Run(SETTINGS[0], seed=0, extras=False)
     work = str(tmp_path / 'work')
-    run_dir = os.path.join(work, MODEL_NAME, run.name)
+    run_dir = os.path.join(work, 'demo', run.name)
     fake_runner([])(stage_command('train', run, QUICK, work), None)
     with pytest.raises(ReproduceError, match='DATA.IMG_SIZE is 16, but this command sets 32'):
         missing_stages(run_dir, Plan((0,), 2, ('DATA.IMG_SIZE', '32')), run)
@@ -411,20 +501,43 @@ def test_other_experiments_are_not_mixed_in(tmp_path):
 
 
 def test_plans_and_commands():
-    full, quick = make_plan(), make_plan(quick=True)
-    assert len(plan_runs(full)) == 15 and full.epochs == 30 and full.opts == ()
+    full, quick = make_plan(dataset='digits'), make_plan(quick=True, dataset='digits')
+    assert len(plan_runs(full)) == 15 and full.epochs == 30 and full.opts == () and not full.pretrained
     assert len(full.sweep_drop_ratios) == 9 and full.sweep_drop_ratios[-1] == 0.8
     assert [r.extras for r in plan_runs(full)] == [True] * 5 + [False] * 10
     assert quick.overrides(1)['SEED'] == '1' and quick.overrides(1)['MODEL.VIT.PATCH_SIZE'] == '4'
-    assert make_plan(epochs=5).overrides(0)['TRAIN.WARMUP_EPOCHS'] == '1'
+    assert make_plan(epochs=5, dataset='digits').overrides(0)['TRAIN.WARMUP_EPOCHS'] == '1'
     with pytest.raises(ReproduceError, match='repeats'):
         make_plan(seeds=[0, 0])
+    with pytest.raises(ReproduceError, match='--dataset mnist is not known'):
+        make_plan(dataset='mnist')
     run = plan_runs(full)[3]
     command = stage_command('sweep', run, full, 'w')
     assert command[0] == 'sweep_drop.py' and run.name == 'magnitude_cyclic_seed0'
     assert option(command, '--pretrained') == os.path.join('w', 'demo', 'magnitude_cyclic_seed0', 'checkpoint.pth')
     assert values_after(command, '--drop-ratios') == [str(d) for d in full.sweep_drop_ratios]
-    assert values_after(command, '--opts') == ['SEED', '0', 'TRAIN.EPOCHS', '30']
+    assert values_after(command, '--opts') == ['SEED', '0', 'TRAIN.EPOCHS', '30', 'DATA.DATASET', 'digits']
+    assert option(stage_command('train', run, full, 'w'), '--cfg') == os.path.join('configs', 'demo',
+                                                                                  'magnitude_cyclic.yaml')
+
+
+def test_the_fashion_mnist_plan_pretrains_then_fine_tunes():
+    full, quick = make_plan(), make_plan(quick=True)
+    assert full.dataset.key == quick.dataset.key == 'fashion_mnist' and full.pretrained
+    runs = plan_runs(full)
+    assert len(runs) == 16 and full.epochs == 4 and full.sweep_drop_ratios == (0.0, 0.2, 0.4, 0.6, 0.8)
+    assert [r.pretrained for r in runs] == [True] * 15 + [False]
+    assert runs[-1].name == 'baseline_scratch_seed0' and runs[-1].setting.config == 'baseline.yaml'
+    train = stage_command('train', runs[3], full, 'w')
+    assert option(train, '--cfg') == os.path.join('configs', 'fashion_mnist', 'magnitude_cyclic.yaml')
+    assert option(train, '--pretrained') == os.path.join('w', 'simmim_fashion_mnist', 'pretrain', 'checkpoint.pth')
+    assert '--pretrained' not in stage_command('train', runs[-1], full, 'w')
+    assert full.pretrain_overrides() == {'SEED': '0', 'DATA.DATASET': 'fashion_mnist'}
+    # --quick: the fine-tunings on a subset, the pre-training on a larger one for 1 epoch, one model size for both
+    assert quick.overrides(0)['DATA.TRAIN_SUBSET'] == '1280' and quick.pretrain_overrides()['TRAIN.EPOCHS'] == '1'
+    assert quick.pretrain_overrides()['DATA.TRAIN_SUBSET'] == '2560'
+    for key in ('DATA.IMG_SIZE', 'MODEL.VIT.EMBED_DIM', 'MODEL.VIT.DEPTH', 'MODEL.VIT.PATCH_SIZE'):
+        assert quick.overrides(0)[key] == quick.pretrain_overrides()[key]
 
 
 def test_progress_line_and_eta():
