@@ -1,38 +1,47 @@
-"""Reproduce the paper's five claims at laptop scale, on the digits demo, and write the results with a README.
+"""Reproduce the paper's five claims at laptop scale, and write the results with a README.
 
-    python reproduce.py                          # full: 5 schedules x 3 seeds, 30 epochs -> results/
-    python reproduce.py --quick                  # a few minutes: smaller everything -> results_quick/
-    python reproduce.py --seeds 0 1 2 --epochs 30 --out results --work output/reproduce
+    python reproduce.py                          # Fashion-MNIST: pre-train, then 5 schedules x 3 seeds -> results/
+    python reproduce.py --quick                  # the same pipeline, smaller everything -> results_quick/
+    python reproduce.py --dataset digits         # the digits demo from scratch, 30 epochs -> results_digits/
+    python reproduce.py --seeds 0 1 2 --epochs 4 --out results --work output/reproduce
 
-Trains the baseline (configs/demo/baseline.yaml), Fixed(0.6) (magnitude_fixed_40.yaml), Linear(0.2, 1.0)
-(magnitude_linear.yaml), Cyclic(0.2, 1.0) with magnitude selection (magnitude_cyclic.yaml) and Cyclic
-with random selection (random_cyclic.yaml), one seed after another, each by launching main_finetune.py
-as a plain one-process subprocess (OMP_NUM_THREADS removed, so torch uses every core; the runs go one
-at a time, since two runs on 2 cores only slow each other). On every final checkpoint it runs
-sweep_drop.py (rho 1.0 to 0.2), and on the first seed of each schedule image_patches.py and
-patch_distribution.py.
+Fashion-MNIST (the default; `apt-get install dataset-fashion-mnist`) follows the paper's setting: one
+SimMIM pre-training of the ViT on all 60,000 training images (main_simmim.py with
+configs/simmim/fashion_mnist.yaml), then, from its checkpoint, the baseline (configs/fashion_mnist/
+baseline.yaml), Fixed(0.6) (magnitude_fixed_40.yaml), Linear(0.2, 1.0) (magnitude_linear.yaml), Cyclic(0.2,
+1.0) with magnitude selection (magnitude_cyclic.yaml) and Cyclic with random selection (random_cyclic.yaml),
+fine-tuned on 24,000 training images and validated on all 10,000 test images; and one more baseline (first
+seed) fine-tuned the same way from scratch, which measures what the pre-training gives. `--dataset digits`
+trains the same five schedules from scratch on scikit-learn's digits (configs/demo/), with no pre-training.
 
-Wall time on 2 quiet CPU cores: 54 minutes for the full command, measured for the committed results/
-(2.5 to 4 minutes of training per run x 15 runs, about 13 s per sweep, 10 s each for image_patches.py
-and patch_distribution.py, most of which is importing torch);
---quick takes about 4 minutes (1 seed, 2 epochs, 16 px images, a 2-block model; `--quick --seeds 0 1`
-also draws the spread over seeds). Progress (run k of n, elapsed, ETA) is printed as it goes.
+Every script runs as a plain one-process subprocess (OMP_NUM_THREADS removed, so torch uses every core;
+the runs go one at a time, since two runs on 2 cores only slow each other). On every final checkpoint it
+runs sweep_drop.py, and on the first seed of each schedule image_patches.py and patch_distribution.py.
+
+Wall time on 2 quiet CPU cores: see <out>/README.md (the committed results/ and results_digits/ state
+theirs: 54 minutes for the digits); --quick takes about 5 to 10 minutes (1 seed, 2 epochs, 16 px images, a
+2-block model; `--quick --seeds 0 1` also draws the spread over seeds). Progress (run k of n, elapsed,
+ETA) is printed as it goes.
 
 Outputs:
-  <work>/demo/<run>/      everything the scripts write, checkpoints included (default work folder:
-                          output/reproduce, or output/reproduce_quick with --quick; output/ is ignored by git)
+  <work>/<MODEL.NAME>/<run>/   everything the scripts write, checkpoints included (default work folder:
+                          output/reproduce[_quick][_digits]; output/ is ignored by git); the pre-training
+                          in <work>/simmim_fashion_mnist/pretrain/
   <work>/logs/<run>.<stage>.txt   each subprocess's console output
   <out>/runs/<run>/       the small files of each run: config.yaml, train_log.json, val_log.json,
-                          sweep_drop.json, and for the first seed image_patches.json, patch_distribution.json
+                          sweep_drop.json, and for the first seed image_patches.json, patch_distribution.json;
+                          runs/simmim_pretrain/: the pre-training's config.yaml and train_log.json
   <out>/figures/*.png     overview, sweep over rho (mean and min-max over seeds), training curves against
                           wall-clock time, time per iteration by rho, kept patches, patch distribution (viz/)
   <out>/timings.json      seconds each stage of each run took (kept across resumed invocations)
   <out>/README.md         a table per claim with the numbers measured here next to the paper's, and a
-                          verdict per claim computed from them with the criterion stated
-Run names are <config>_seed<k>, e.g. magnitude_cyclic_seed1. A run whose outputs are complete (in
-<out>/runs, or else in <work>) is skipped, so a killed reproduce.py continues where it stopped when
-run again with the same arguments; outputs made with other settings (epochs, image size) are an
-error rather than silently mixed in.
+                          verdict per claim computed from them with the criterion stated; the pre-training's
+                          effect
+Run names are <config>_seed<k>, e.g. magnitude_cyclic_seed1, and baseline_scratch_seed0. A run whose
+outputs are complete (in <out>/runs, or else in <work>) is skipped, and the pre-training when its last
+epoch is in its checkpoint, so a killed reproduce.py continues where it stopped when run again with the
+same arguments; outputs made with other settings (epochs, image size) are an error rather than silently
+mixed in.
 """
 import argparse
 import os

@@ -536,3 +536,53 @@ def test_verify_decodes_every_image_and_lists_the_bad_ones(tmp_path, capsys):
     capsys.readouterr()
     assert verify.main(['--data-path', str(tmp_path / 'nowhere')]) == 2
     assert capsys.readouterr().err.startswith('error: ')
+
+
+# ----------------------------------------------------------------------------- DATA.TRAIN_SUBSET
+def test_class_balanced_subset_deals_the_images_evenly_over_the_classes():
+    import numpy as np
+
+    from data.folder import class_balanced_subset
+    targets = np.array([0] * 10 + [1] * 2 + [2] * 10)
+    for size, counts in ((12, [5, 2, 5]), (6, [2, 2, 2]), (7, [3, 2, 2]), (22, [10, 2, 10])):
+        keep = class_balanced_subset(targets, 3, size)
+        assert np.bincount(targets[keep], minlength=3).tolist() == counts
+        assert len(set(keep.tolist())) == size and keep.tolist() == sorted(keep.tolist())
+    # within a class, the first images of a fixed permutation: a subset grows by adding images
+    assert set(class_balanced_subset(targets, 3, 6)) <= set(class_balanced_subset(targets, 3, 12))
+    assert class_balanced_subset(targets, 3, 12).tolist() == class_balanced_subset(targets, 3, 12).tolist()
+
+
+def test_train_subset_cuts_the_training_images_only_the_same_for_every_seed(tmp_path):
+    from data.masking import build_pretrain_loader
+    make_folder(tmp_path, train=(6, 5, 2), val=(3, 2, 2))
+    full, val_full, _, _, _ = build_loader(make_config(tmp_path))
+    subsets = []
+    for seed in ('0', '5'):
+        train, val, loader, _, _ = build_loader(make_config(tmp_path, 'DATA.TRAIN_SUBSET', '8', 'SEED', seed))
+        assert len(train) == 8 and len(loader) == 2 and val.samples == val_full.samples
+        assert [t for _, t in train.samples].count(2) == 2 and train.targets == [t for _, t in train.samples]
+        assert set(train.samples) <= set(full.samples)
+        subsets.append(train.samples)
+    assert subsets[0] == subsets[1]
+    # main_simmim.py's loader takes the same subset of the training images
+    config = make_config(tmp_path, 'DATA.TRAIN_SUBSET', '8', 'DATA.MASK_PATCH_SIZE', '8', 'MODEL.TYPE', 'vit')
+    pretrain, _ = build_pretrain_loader(config)
+    assert pretrain.samples == subsets[0]
+    with pytest.raises(DataError, match='DATA.TRAIN_SUBSET 14 is more than the 13 images'):
+        build_loader(make_config(tmp_path, 'DATA.TRAIN_SUBSET', '14'))
+
+
+def test_per_sample_seeding_leaves_the_accelerators_generators_alone(tmp_path, monkeypatch):
+    """Only the CPU generator is reseeded for each sample: torch.manual_seed would also reseed every CUDA
+    device's generator (which dropout and random selection on the GPU draw from) and, before CUDA is
+    initialised, queue a lazy call with a captured stack trace for every image."""
+    make_folder(tmp_path)
+
+    def forbidden(seed):
+        raise AssertionError('a CUDA generator was reseeded')
+    monkeypatch.setattr(torch.cuda, 'manual_seed_all', forbidden)
+    monkeypatch.setattr(torch.cuda, 'manual_seed', forbidden)
+    _, _, loader, _, _ = build_loader(make_config(tmp_path))
+    loader.sampler.set_epoch(0)
+    assert len(all_batches(loader)) == 2
