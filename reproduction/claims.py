@@ -356,7 +356,8 @@ def sweep_table(results):
 
 def pretraining_table(results, pretrain_seconds=None):
     """The pre-training's effect: the baseline fine-tuned from it against the same fine-tuning from a random
-    initialisation (same seed), at every ρ of the sweep; markdown (a sentence and a table)."""
+    initialisation (same seed), at every ρ of the sweep; markdown (a sentence and a table).
+    `pretrain_seconds`: the sum of the pre-training's per-step times, as training_seconds() is for a run."""
     scratch = results.get('scratch', [])
     if not scratch:
         return 'The baseline from scratch was not run.'
@@ -370,8 +371,8 @@ def pretraining_table(results, pretrain_seconds=None):
                  and sweep_top1(pre, rho) is not None else None, signed=True)]
             for rho in sweep_rhos(results)]
     gain = final_top1(pre) - final_top1(scratch)
-    cost = (f'; the pre-training ran once, for {pretrain_seconds / 60:.1f} minutes, against '
-            f'{training_seconds(pre) / 60:.1f} minutes for one baseline fine-tuning' if pretrain_seconds else '')
+    cost = (f'; the pre-training\'s steps took {pretrain_seconds / 60:.1f} minutes, once, against '
+            f'{training_seconds(pre) / 60:.1f} for one baseline fine-tuning' if pretrain_seconds else '')
     sentence = (f'Fine-tuned from the SimMIM pre-training, the baseline (seed {seed}) ends at {final_top1(pre):.2f}% '
                 f'top-1 at ρ = 1; the same fine-tuning from a random initialisation ends at '
                 f'{final_top1(scratch):.2f}%: '

@@ -55,7 +55,8 @@ def setup_description(results, plan, pretraining=None):
         return (f"scikit-learn's 8 × 8 handwritten digits upscaled to {data['IMG_SIZE']} px ({num_val_images(results)} "
                 f'validation images, an 80/20 split), {model}, trained from scratch for {recipe}. {paper}')
     subset = data.get('TRAIN_SUBSET') or 60000
-    text = (f"Fashion-MNIST's 28 × 28 grey images upscaled to {data['IMG_SIZE']} px, {model}. ")
+    size = 'at their own 28 px' if data['IMG_SIZE'] == 28 else f"resized to {data['IMG_SIZE']} px"
+    text = f"Fashion-MNIST's 28 × 28 grey images {size}, {model}. "
     if pretraining:
         pre = pretraining['config']
         pre_subset = pre['DATA'].get('TRAIN_SUBSET') or 60000
@@ -123,7 +124,7 @@ def write_report(out, plan, command, invocation_seconds, ran_anything=True):
                           + (f'this invocation {format_seconds(invocation_seconds)}' if ran_anything else
                              'this invocation found every stage done and only rewrote the report')),
             'setup': setup_description(results, plan, pretraining), 'date': datetime.date.today().isoformat()}
-    section = pretraining_table(results, pretrain) if plan.pretrained else ''
+    section = pretraining_table(results, pretraining['seconds'] if pretraining else None) if plan.pretrained else ''
     text = render_readme(claims, meta, figures, sweep_table(results), section)
     with open(os.path.join(out, 'README.md'), 'w') as f:
         f.write(text)
