@@ -17,7 +17,8 @@ from reproduction.stages import (estimate_seconds, execute, missing_stages, pret
                                  stage_command)
 from viz.image_patches import IMAGENET_MEAN, IMAGENET_STD
 
-SCHEDULE_RHO = {'baseline': [1.0], 'scratch': [1.0], 'fixed': [0.6], 'linear': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
+SCHEDULE_RHO = {'baseline': [1.0], 'scratch': [1.0], 'fixed': [0.6],
+                'linear': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
                 'cyclic': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0],
                 'random_cyclic': [0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0]}
 RHOS = (1.0, 0.8, 0.6, 0.4, 0.2)
