@@ -9,6 +9,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from optimizer import clip_and_step
 from utils import all_reduce_sum, memory_mb, synchronize, unwrap_model
 
 
@@ -95,12 +96,9 @@ def train_one_epoch(config, model, criterion, data_loader, optimizer, lr_schedul
 
         if last_micro:
             if fast_step is None:
-                scaler.unscale_(optimizer)
                 max_norm = config.TRAIN.CLIP_GRAD if config.TRAIN.CLIP_GRAD > 0 else float('inf')
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 lr = max(group['lr'] for group in optimizer.param_groups)  # the LR of this step
-                scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
-                scaler.update()
+                grad_norm = clip_and_step(optimizer, scaler, params, max_norm)
                 # the next backward allocates them afresh (no zero fill, no accumulation into zeros);
                 # on CPU utils.keep_freed_cpu_memory keeps that from faulting in fresh pages
                 optimizer.zero_grad(set_to_none=True)

@@ -7,6 +7,8 @@
 A call is one optimizer step on one batch: forward (under autocast), loss, backward (scaled by the
 GradScaler), unscale, gradient-norm clip at `clip_grad` (0: no clipping, the norm is still
 returned), the optimizer step (skipped by the scaler when fp16 gradients overflowed), scaler update.
+Without an enabled GradScaler the clip does not rescale the gradients in place: the fused AdamW
+divides them by the clip factor as it steps (`optimizer.clip_and_step`, also used by engine.py).
 It returns the loss and the gradient norm before clipping as one device tensor and never waits for
 the device: no `.item()`, no Python branch on a tensor's value.
 
@@ -25,8 +27,9 @@ eager step), the learning rates (one device tensor per parameter group, refreshe
 `param_groups` before every step, so the LR scheduler works unchanged) and the GradScaler's scale.
 Gradients live within a step only: they come from the pool (set to None before each step, as in
 PyTorch's whole-network capture example), so one graph's gradients may share memory with another
-graph's temporaries. What the graphs bake in: the batch shape
-(every batch is copied into one static input), the weight decay, betas and eps of every group,
+graph's temporaries; so does the clip factor the optimizer divides them by (each replay computes it
+from its own norm before the captured optimizer kernel reads it). What the graphs bake in: the batch
+shape (every batch is copied into one static input), the weight decay, betas and eps of every group,
 `clip_grad`, the model's train mode and structure. Random numbers (drop path, random selection)
 differ between replays: PyTorch advances the CUDA generator for every replay.
 
@@ -41,6 +44,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from config import ConfigError
+from optimizer import clip_and_step
 
 
 class CudaGraphsError(ConfigError):
@@ -94,10 +98,8 @@ class TrainStep:
         with autocast:
             loss = self.criterion(self.model(samples), targets)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
-        self.scaler.step(self.optimizer)  # skipped on the device if fp16 gradients overflowed
-        self.scaler.update()
+        # the fp16 skip of an overflowed step happens on the device
+        grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, self.max_norm)
         return loss.detach(), grad_norm
 
     def __call__(self, samples, targets, key=None):

@@ -86,6 +86,41 @@ def build_optimizer(config, model, world_size=1):
     raise ValueError(f"TRAIN.OPTIMIZER.NAME '{opt.NAME}' is not known; valid values: adamw, sgd")
 
 
+def folds_clip_into_step(optimizer, scaler):
+    """Whether `clip_and_step` can leave the clip's rescale to the optimizer: a fused Adam / AdamW
+    (its kernel divides every gradient by `optimizer.grad_scale`) and no enabled GradScaler (whose
+    unscale and inf check keep the plain clip)."""
+    return (isinstance(optimizer, torch.optim.Adam) and not scaler.is_enabled()
+            and all(group['fused'] for group in optimizer.param_groups))
+
+
+def clip_and_step(optimizer, scaler, params, max_norm):
+    """Unscale, clip the gradients of `params` to total norm `max_norm` (inf: no clip), step, update
+    the scaler; -> the norm before clipping, a device tensor. No host sync.
+
+    Where `folds_clip_into_step`, the gradients are not rescaled in place (a pass over every
+    gradient, run even when the norm is below the clip): the fused kernel divides them by
+    `optimizer.grad_scale` = max((norm + 1e-6) / max_norm, 1), clip_grad_norm_'s factor inverted,
+    which is set for this one step only (it is no optimizer state: checkpoints never see it).
+    """
+    scaler.unscale_(optimizer)
+    if not folds_clip_into_step(optimizer, scaler):
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        scaler.update()
+        return grad_norm
+    # the very norm clip_grad_norm_ computes
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if max_norm < float('inf'):
+        # fp32: the kernel reads the scale as a float; dividing by 1 below the clip changes no bit
+        optimizer.grad_scale = torch.clamp((grad_norm.float() + 1e-6) / max_norm, min=1.0)
+    try:
+        optimizer.step()
+    finally:
+        optimizer.__dict__.pop('grad_scale', None)
+    return grad_norm
+
+
 class OptimizerStateError(ValueError):
     """A saved optimizer state that cannot be matched to this optimizer's parameters; says why."""
 

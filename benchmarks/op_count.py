@@ -5,9 +5,10 @@
 On a GPU every non-view operator is at least one kernel launch, issued by the CPU one after another.
 When a step's kernels are short (small rho, small batch), the step costs about (operators x launch
 cost) whatever the FLOPs, so this count is the floor of a launch-bound step (a CUDA-graph step,
-TRAIN.CUDA_GRAPHS, replays them all with one launch). It is counted on the
-CPU with the attention forced to scaled_dot_product_attention, the path a GPU takes; the CPU may
-decompose that operator into a few more than a GPU kernel would, alike for both models.
+TRAIN.CUDA_GRAPHS, replays them all with one launch). It is counted on the CPU with the attention
+forced to scaled_dot_product_attention and the relative position bias to the lookup through the
+N x N grid, the paths a GPU takes; the CPU may decompose that operator into a few more than a GPU
+kernel would, alike for both models.
 Prints, per case, the operators in total, those that are not views (the launches), and the most
 frequent ones.
 """
@@ -72,6 +73,7 @@ def main(argv=None):
     targets = torch.randint(config.MODEL.NUM_CLASSES, (args.batch_size,))
 
     ours = build_model(config).train()
+    ours.bias_via_grid = True  # the GPU's bias lookup, through the N x N grid
     for module in ours.modules():
         if hasattr(module, 'fused_attn'):
             module.fused_attn = True  # the GPU path: scaled_dot_product_attention with the bias as a mask

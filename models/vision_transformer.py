@@ -38,7 +38,7 @@ def build_relative_position_index(grid_size):
     return index
 
 
-def relative_position_bias(tables, relative_position_index, kept_pairs, dtype=None):
+def relative_position_bias(tables, relative_position_index, kept_pairs, dtype=None, via_grid=None):
     """The bias of the kept token pairs, heads first, rows still padded.
 
     tables: one table [R, heads], or a list of L tables (every block's, looked up at once);
@@ -47,22 +47,32 @@ def relative_position_bias(tables, relative_position_index, kept_pairs, dtype=No
     -> bias [heads, B', K, K'] (one table) or [L, heads, B', K, K'], contiguous, in `dtype` (default
     the tables'); the attention uses [..., :K].
 
-    Two lookups: the table to the full [heads, N x N] grid, then the grid to the kept pairs. The
-    backward of each is a scatter-add; straight from the pairs into the table, B x K^2 additions
-    would pile onto a few hundred rows (CUDA atomics on one address serialise: a rho = 0.8 step
-    took longer than rho = 1 on an H200), while into the grid each entry gets at most 2B, and the
-    grid's N^2 into the table are what a rho = 1 step costs anyway. The lookups stay in the
-    table's dtype (fp32) so that those sums are not rounded to bf16 under autocast. Heads come
-    first so that each index_select yields the bias contiguous, in the attention's layout. All
-    blocks' tables go through the same two lookups (and one cast), stacked as rows: one set of
-    operators per step instead of one per block (a GPU launch each; benchmarks/RESULTS.md).
+    `via_grid` (default: on accelerators, not on CPU): two lookups, the table to the full
+    [heads, N x N] grid, then the grid to the kept pairs. The backward of each is a scatter-add;
+    straight from the pairs into the table, B x K^2 additions would pile onto a few hundred rows
+    (CUDA atomics on one address serialise: a rho = 0.8 step took longer than rho = 1 on an H200),
+    while into the grid each entry gets at most 2B, and the grid's N^2 into the table are what a
+    rho = 1 step costs anyway. A CPU adds one index after another, without atomics, so there the
+    pairs are looked up in the table directly: B' x K x K' entries without the grid's N^2 (1/3.6
+    of the entries at rho = 0.2, batch 8, ViT-B; fewer at every rho), and the backward adds into
+    the table, which fits in cache, not into the grid (22 MB for ViT-B's 12 blocks). The lookups
+    stay in the table's dtype (fp32) so that those sums are not rounded to bf16 under autocast.
+    Heads come first so that each index_select yields the bias contiguous, in the attention's
+    layout. All blocks' tables go through the same lookups (and one cast), stacked as rows: one
+    set of operators per step instead of one per block (a GPU launch each; benchmarks/RESULTS.md).
     """
     if isinstance(tables, torch.Tensor):
         leading, rows = (), tables.t().contiguous()  # [heads, R]: tiny
     else:
         leading, rows = (len(tables),), torch.stack([t.t() for t in tables]).flatten(0, 1)  # [L * heads, R]
-    grid = rows.index_select(1, relative_position_index.flatten())  # [(L *) heads, N * N]
-    bias = grid.index_select(1, kept_pairs.flatten())  # [(L *) heads, B' * K * K']
+    if via_grid is None:
+        via_grid = kept_pairs.device.type != 'cpu'
+    if via_grid:
+        grid = rows.index_select(1, relative_position_index.flatten())  # [(L *) heads, N * N]
+        bias = grid.index_select(1, kept_pairs.flatten())  # [(L *) heads, B' * K * K']
+    else:
+        pair_rows = relative_position_index.flatten()[kept_pairs.flatten()]  # [B' * K * K'] table rows
+        bias = rows.index_select(1, pair_rows)
     if dtype is not None:
         bias = bias.to(dtype)
     return bias.view(*leading, -1, *kept_pairs.shape)
@@ -121,9 +131,9 @@ class RelativePositionBias(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distance, num_heads))
         self.register_buffer('relative_position_index', build_relative_position_index(grid_size))
 
-    def forward(self, kept_pairs, dtype=None):
+    def forward(self, kept_pairs, dtype=None, via_grid=None):
         return relative_position_bias(self.relative_position_bias_table, self.relative_position_index, kept_pairs,
-                                      dtype)
+                                      dtype, via_grid)
 
 
 class Attention(nn.Module):
@@ -240,6 +250,9 @@ class VisionTransformer(nn.Module):
     `set_patch_drop_ratio(d)` sets the fraction of tokens dropped in every later forward, in train
     and eval mode alike; d <= 0 runs the plain network.
     """
+    # True: the relative position biases are looked up through the full N x N grid; False: straight
+    # from the tables; None (default): the grid on accelerators only (see relative_position_bias).
+    bias_via_grid = None
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
@@ -328,22 +341,38 @@ class VisionTransformer(nn.Module):
         idx = select_tokens(x, num_keep, PATCH_SCORE_FUNCS[self.patch_drop_func])
         return gather_tokens(x, idx), idx
 
-    def _embed_random_subset(self, x, num_keep):
-        """Random selection needs no embedding to choose from: images [B, C, H, W] -> (kept tokens
-        [B, K, D], indices [B, K]) with only the kept patches embedded (same draws as _select)."""
+    def _embed_subset(self, x, idx):
+        """Images [B, C, H, W] -> the tokens idx [B, K] (CLS first) names, [B, K, D], with only those
+        patches embedded; equal to `embed` gathered, up to the order of the sums."""
         B = x.shape[0]
-        idx = top_tokens(random_scores(B, self.num_tokens - 1, x.device), num_keep)  # [B, K], CLS first
         tokens = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed.forward_subset(x, idx[:, 1:] - 1)],
                            dim=1)
         if self.pos_embed is not None:
             tokens = tokens + gather_tokens(self.pos_embed.expand(B, -1, -1), idx)
-        return self.pos_drop(tokens), idx
+        return self.pos_drop(tokens)
 
     def embed_and_select(self, x):
-        """Images [B, C, H, W] -> (kept tokens [B, K, D], kept indices [B, K] or None for all)."""
+        """Images [B, C, H, W] -> (kept tokens [B, K, D], kept indices [B, K] or None for all).
+
+        Random selection needs no embedding to choose from, so only the kept patches are embedded
+        (same draws as `_select`). A magnitude score needs every patch embedded, a backward only the
+        kept ones: in training with fewer than half the patches kept, all are embedded without
+        autograd to choose (the very tokens `_select` scores), then the kept ones again with it.
+        That costs 2 (K-1) / (N-1) of the convolution (forward and backward) and saves its backward
+        (1), so it is less work only there (rho 0.2 and 0.4). Not with dropout on the embedding:
+        the scores would have to see its mask.
+        """
         num_keep = self.num_kept_tokens()
-        if num_keep < self.num_tokens and self.patch_drop_func == 'random':
-            return self._embed_random_subset(x, num_keep)
+        if num_keep >= self.num_tokens:
+            return self.embed(x), None
+        if self.patch_drop_func == 'random':
+            idx = top_tokens(random_scores(x.shape[0], self.num_tokens - 1, x.device), num_keep)  # [B, K]
+            return self._embed_subset(x, idx), idx
+        below_half = 2 * (num_keep - 1) < self.num_tokens - 1
+        if below_half and self.training and torch.is_grad_enabled() and self.pos_drop.p == 0:
+            with torch.no_grad():
+                idx = select_tokens(self.embed(x), num_keep, PATCH_SCORE_FUNCS[self.patch_drop_func])
+            return self._embed_subset(x, idx), idx
         return self._select(self.embed(x))
 
     @torch.no_grad()
@@ -371,10 +400,11 @@ class VisionTransformer(nn.Module):
         if all(t is not None for t in tables):
             index = self.blocks[0].attn.relative_position_index  # the same in every block
             # with a shared table too, the sum is taken in fp32 and cast after, as one table would be
-            own = relative_position_bias(tables, index, kept_pairs, None if shared else dtype).unbind(0)
+            own = relative_position_bias(tables, index, kept_pairs, None if shared else dtype,
+                                         self.bias_via_grid).unbind(0)
         if not shared:
             return own
-        shared_bias = self.rel_pos_bias(kept_pairs, None if own is not None else dtype)
+        shared_bias = self.rel_pos_bias(kept_pairs, None if own is not None else dtype, self.bias_via_grid)
         if own is None:
             return [shared_bias] * len(self.blocks)
         return [(b + shared_bias).to(dtype or b.dtype) for b in own]

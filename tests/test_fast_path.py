@@ -4,6 +4,8 @@ import pytest
 import torch
 from timm.layers import DropPath
 
+from benchmarks.op_count import OpCounter
+
 from models.patch_selection import gather_relative_position_index
 from models.vision_transformer import (Attention, Block, build_relative_position_index, kept_pair_index,
                                        relative_position_bias)
@@ -114,3 +116,48 @@ def test_all_blocks_bias_lookup_equals_one_lookup_per_block_bitwise(dtype):
         assert torch.equal(stacked[i], alone)
         (alone.float() * grads_out[i]).sum().backward()
         assert torch.equal(table.grad, stacked_grads[i])
+
+
+@pytest.mark.parametrize('idx', [[[0, 5, 2, 16, 9], [0, 1, 9, 3, 4]], [list(range(17))]], ids=['kept', 'all'])
+def test_bias_straight_from_the_table_equals_the_lookup_through_the_grid(idx):
+    # The CPU default looks the kept pairs up in the tables directly, without the N x N grid: the same
+    # entries, bit for bit, as through the grid (the accelerators' path) and as pair by pair; the
+    # tables' gradients are the same sums in another order (rtol 1e-6, atol 1e-6 for about-zero sums).
+    torch.manual_seed(0)
+    full = build_relative_position_index((4, 4))
+    idx = torch.tensor(idx)
+    pairs, k = kept_pair_index(idx, 17), idx.shape[1]
+    tables = [torch.randn(52, 3, requires_grad=True) for _ in range(2)]
+    grads_out = torch.randn(2, 3, idx.shape[0], k, k)
+
+    def bias_and_grads(lookup):
+        bias = lookup()[..., :k]  # [L, heads, B', K, K], as the attention uses it
+        return bias, torch.autograd.grad((bias * grads_out).sum(), tables)
+    with OpCounter() as ops:
+        direct, direct_grads = bias_and_grads(lambda: relative_position_bias(tables, full, pairs))
+    assert ops.counts['index_select'] == 1  # one lookup, none into a grid
+    grid, grid_grads = bias_and_grads(lambda: relative_position_bias(tables, full, pairs, via_grid=True))
+    pairwise, pairwise_grads = bias_and_grads(lambda: torch.stack(
+        [t[gather_relative_position_index(full, idx)].permute(3, 0, 1, 2) for t in tables]))
+    assert torch.equal(direct, grid) and torch.equal(direct, pairwise)
+    for a, b, c in zip(direct_grads, grid_grads, pairwise_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+        assert b.abs().max() > 1
+
+
+@pytest.mark.parametrize('opts', [[], ['MODEL.VIT.USE_SHARED_RPB', 'True']], ids=['per-block-bias', 'and-shared-bias'])
+def test_model_bias_via_grid_switch_changes_only_the_order_of_the_tables_gradient_sums(opts, monkeypatch):
+    model = tiny_model(opts=['MODEL.DROP_PATH_RATE', '0.0'] + opts).train()
+    model.set_patch_drop_ratio(0.6)
+    x, weights = torch.randn(2, 3, 32, 32), torch.randn(2, 5)
+    out, grads = outputs_and_grads(model, x, weights, False, monkeypatch)
+    monkeypatch.setattr(type(model), 'bias_via_grid', True)
+    grid_out, grid_grads = outputs_and_grads(model, x, weights, False, monkeypatch)
+    assert torch.equal(out, grid_out)
+    assert sum(name.endswith('relative_position_bias_table') for name in grads) == (3 if opts else 2)
+    for name, grad in grads.items():
+        if name.endswith('relative_position_bias_table'):
+            torch.testing.assert_close(grad, grid_grads[name], rtol=1e-6, atol=1e-9)
+        else:
+            assert torch.equal(grad, grid_grads[name]), name

@@ -105,6 +105,22 @@ def test_a_step_makes_no_host_sync(scaler_on):
     assert not HOST_SYNC_OPS & (set(eager_ops.counts) | set(body_ops.counts))
 
 
+@pytest.mark.parametrize('scaler_on', [False, True], ids=['bf16-or-fp32', 'fp16-scaler'])
+def test_the_clip_rescale_is_left_to_the_fused_adamw_unless_fp16(scaler_on):
+    # a clip at 1e-3 acts at every step; the fused kernel divides by the clip factor instead of a
+    # pass of _foreach_mul_ over the gradients, except behind an enabled GradScaler
+    model, optimizer, step = make_step(scaler_on, clip=1e-3)
+    reference, _, _ = make_step(scaler_on, clip=1e-3)
+    samples, targets = batch()
+    with OpCounter() as ops:
+        stats = step(samples, targets)
+    assert ('_foreach_mul_' in ops.counts) == scaler_on
+    assert not hasattr(optimizer, 'grad_scale')
+    F.cross_entropy(reference(samples), targets).backward()  # the logged norm: clip_grad_norm_'s
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e-3)
+    assert stats[1] == norm and norm > 1e-2
+
+
 @pytest.mark.slow
 def test_compiled_model_step_equals_eager_within_tolerance():
     # torch.compile (TRAIN.COMPILE) through the same step: inductor reorders sums, so rtol 1e-4 /

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.op_count import OpCounter
 from config import get_config
 from models import build_model
 from models.patch_selection import gather_relative_position_index, num_kept_tokens
@@ -224,3 +225,54 @@ def test_random_selection_embeds_only_the_kept_patches_and_equals_the_full_embed
     model.patch_embed.proj.register_forward_hook(lambda *args: patch_calls.append(1))
     model(x)
     assert patch_calls == []  # the convolution over all patches never ran
+
+
+@pytest.mark.parametrize('func', ['magnitude', 'l2_magnitude'])
+@pytest.mark.parametrize('opts', [[], ['MODEL.VIT.USE_APE', 'True']], ids=['no-ape', 'ape'])
+def test_magnitude_selection_in_training_backpropagates_through_the_kept_patches_only(func, opts):
+    # In training with fewer than half the patches kept, the patches are scored from an embedding
+    # without autograd and the kept ones embedded again with it. Reference: every patch embedded
+    # with autograd, then chosen (`_select`, the path eval mode takes). The indices are the same;
+    # tokens and gradients equal up to the order of the sums (a matmul over the kept patches
+    # against the convolution): rtol 1e-5, atol 1e-6.
+    model = tiny_model(opts=['TRAIN.PATCH_DROP_FUNC', func, 'MODEL.DROP_PATH_RATE', '0.0'] + opts).train()
+    with torch.no_grad():
+        model.head.weight.normal_()  # gradients large enough to compare meaningfully
+        if model.pos_embed is not None:
+            model.pos_embed.normal_()
+    model.set_patch_drop_ratio(0.6)
+    x = torch.randn(3, 3, 32, 32)
+    embedding = [p for p in (model.patch_embed.proj.weight, model.patch_embed.proj.bias, model.cls_token,
+                             model.pos_embed) if p is not None]
+    conv_calls = []
+    model.patch_embed.proj.register_forward_hook(lambda *args: conv_calls.append(torch.is_grad_enabled()))
+    with OpCounter() as ops:
+        tokens, idx = model.embed_and_select(x)
+        weights = torch.randn_like(tokens)
+        grads = torch.autograd.grad((tokens * weights).sum(), embedding)
+    assert conv_calls == [False] and 'convolution_backward' not in ops.counts
+    full_tokens, full_idx = model._select(model.embed(x))
+    assert torch.equal(idx, full_idx) and tokens.shape == (3, round(0.4 * 17), 32)
+    torch.testing.assert_close(tokens, full_tokens, rtol=1e-5, atol=1e-6)
+    for grad, full_grad in zip(grads, torch.autograd.grad((full_tokens * weights).sum(), embedding)):
+        torch.testing.assert_close(grad, full_grad, rtol=1e-5, atol=1e-6)
+        assert full_grad.abs().max() > 1e-2
+
+    # the whole model: train mode (this path) against eval mode (the full embedding), which differ
+    # in nothing else here (no dropout, no drop path). The differences spread through the blocks:
+    # at most 1.1e-6 of a gradient's largest entry seen, 1e-5 of it allowed.
+    def loss_and_grads():
+        loss = model(x).logsumexp(dim=1).mean()
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+    loss, grads = loss_and_grads()
+    model.eval()
+    assert model.get_kept_token_indices(x).equal(idx)
+    full_loss, full_grads = loss_and_grads()
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    for (name, _), grad, full_grad in zip(model.named_parameters(), grads, full_grads):
+        torch.testing.assert_close(grad, full_grad, rtol=1e-5, atol=1e-5 * full_grad.abs().max().item(), msg=name)
+
+    model.train().set_patch_drop_ratio(0.4)  # 9 of 16 patches kept: embedding them again would cost more
+    conv_calls.clear()
+    model.embed_and_select(x)
+    assert conv_calls == [True]

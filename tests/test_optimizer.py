@@ -6,8 +6,8 @@ import torch
 from checkpoint import load_checkpoint_file, save_checkpoint
 
 from lr_scheduler import build_scheduler, lr_at, scaled_lrs
-from optimizer import (OptimizerStateError, build_optimizer, get_layer_id, load_optimizer_state,
-                       param_groups_layer_decay, resume_optimizer)
+from optimizer import (OptimizerStateError, build_optimizer, clip_and_step, folds_clip_into_step, get_layer_id,
+                       load_optimizer_state, param_groups_layer_decay, resume_optimizer)
 from tests.helpers import tiny_config, tiny_model
 
 # The tiny model has depth 2, so layers are 0 (embedding), 1, 2 (blocks) and 3 (the rest).
@@ -275,3 +275,92 @@ def test_resume_optimizer_falls_back_to_a_fresh_optimizer_and_sets_the_lr():
     notes = resume_optimizer(optimizer, scheduler, {'optimizer': saved}, 35)
     assert [level for level, _ in notes] == [logging.INFO] and 'original code' in notes[0][1]
     assert optimizer.state
+
+
+# ----------------------------------------------------------------------------- the gradient clip
+def reference_clip_and_step(optimizer, scaler, params, max_norm):
+    """The clip as a pass of its own (clip_grad_norm_ rescales in place), then the step."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return grad_norm
+
+
+def fused_adam(model):
+    return torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+
+
+def clipped_run(clip_and_step_func, max_norm, make_optimizer=None, scaler_on=False, steps=3):
+    """The tiny model after `steps` steps: (model, optimizer, the last step's gradients as the step
+    left them, [steps] gradient norms). The steps check that no grad_scale outlives them."""
+    model = tiny_model(opts=['MODEL.DROP_PATH_RATE', '0.0']).train()
+    optimizer = make_optimizer(model) if make_optimizer else build_optimizer(tiny_config(), model)
+    scaler = torch.amp.GradScaler('cpu', enabled=scaler_on, init_scale=2.0 ** 10)
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(1)
+    norms = []
+    for _ in range(steps):
+        images, targets = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g)
+        scaler.scale(torch.nn.functional.cross_entropy(model(images), targets)).backward()
+        norms.append(clip_and_step_func(optimizer, scaler, params, max_norm))
+        grads = [p.grad.clone() for p in params]
+        optimizer.zero_grad(set_to_none=True)
+        assert not hasattr(optimizer, 'grad_scale') and 'grad_scale' not in repr(optimizer.state_dict())
+    return model, optimizer, grads, torch.stack(norms)
+
+
+def run_values(run):
+    """Every tensor of a clipped_run that the clip reaches: weights, Adam moments, gradients."""
+    model, optimizer, grads, _ = run
+    moments = [optimizer.state[p][k] for p in model.parameters() for k in ('exp_avg', 'exp_avg_sq')]
+    return [*model.parameters(), *moments, *grads]
+
+
+@pytest.mark.parametrize('make_optimizer', [None, fused_adam], ids=['fused_adamw', 'fused_adam'])
+@pytest.mark.parametrize('max_norm', [1e-2, 1e3, float('inf')], ids=['above_clip', 'below_clip', 'no_clip'])
+def test_clip_folded_into_the_fused_step_equals_clip_grad_norm(make_optimizer, max_norm):
+    ours = clipped_run(clip_and_step, max_norm, make_optimizer)
+    reference = clipped_run(reference_clip_and_step, max_norm, make_optimizer)
+    assert folds_clip_into_step(ours[1], torch.amp.GradScaler('cpu', enabled=False))
+    norms, reference_norms = ours[3], reference[3]
+    assert torch.equal(norms[0], reference_norms[0])  # the same gradients: the same logged norm
+    if max_norm > 1:  # every norm below the clip: dividing by 1 changes no bit
+        assert (norms < max_norm).all()
+        assert torch.equal(norms, reference_norms)
+        assert all(torch.equal(a, b) for a, b in zip(run_values(ours), run_values(reference)))
+        return
+    assert (norms > 10 * max_norm).all()
+    # Dividing by (norm + 1e-6) / max_norm instead of multiplying by its float32 inverse rounds a
+    # gradient differently by at most an ulp or two: after one step, 2 ulp (rtol 2^-22). Later
+    # steps start from weights that differ by such ulps, and the difference spreads through the
+    # network: after 3 steps it was at most 1.5e-6 of each tensor's largest entry (weights, moments,
+    # gradients); we allow 1e-5 of it, while a wrong clip factor would move the moments by O(1).
+    one_step = clipped_run(clip_and_step, max_norm, make_optimizer, steps=1)
+    one_step_reference = clipped_run(reference_clip_and_step, max_norm, make_optimizer, steps=1)
+    for a, b in zip(one_step[2], one_step_reference[2]):
+        torch.testing.assert_close(a, b, rtol=2.0 ** -22, atol=0)
+    torch.testing.assert_close(norms, reference_norms, rtol=1e-6, atol=0)
+    for a, b in zip(run_values(ours), run_values(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    unclipped = clipped_run(reference_clip_and_step, float('inf'), make_optimizer)
+    assert not torch.allclose(ours[1].state[ours[0].head.weight]['exp_avg'],
+                              unclipped[1].state[unclipped[0].head.weight]['exp_avg'])  # the clip acted
+
+
+def test_fp16_grad_scaler_keeps_the_plain_clip():
+    # the GradScaler unscales, checks for inf and skips steps itself: the same operators as before, bit for bit
+    optimizer = build_optimizer(tiny_config(), tiny_model())
+    assert not folds_clip_into_step(optimizer, torch.amp.GradScaler('cpu', enabled=True))
+    ours = clipped_run(clip_and_step, 1e-2, scaler_on=True)
+    reference = clipped_run(reference_clip_and_step, 1e-2, scaler_on=True)
+    assert torch.equal(ours[3], reference[3])
+    assert all(torch.equal(a, b) for a, b in zip(run_values(ours), run_values(reference)))
+
+
+def test_only_a_fused_adam_folds_the_clip():
+    model, scaler = tiny_model(), torch.amp.GradScaler('cpu', enabled=False)
+    assert folds_clip_into_step(torch.optim.AdamW(model.parameters(), fused=True), scaler)
+    assert not folds_clip_into_step(torch.optim.AdamW(model.parameters(), fused=False), scaler)
+    assert not folds_clip_into_step(torch.optim.AdamW(model.parameters()), scaler)  # for-each on CPU
+    assert not folds_clip_into_step(build_optimizer(tiny_config(opts=['TRAIN.OPTIMIZER.NAME', 'sgd']), model), scaler)
