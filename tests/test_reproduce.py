@@ -522,6 +522,10 @@ def test_plans_and_commands():
 
 
 def test_the_fashion_mnist_plan_pretrains_then_fine_tunes():
+    from reproduce import default_folders
+    assert default_folders('fashion_mnist', False) == ('results', os.path.join('output', 'reproduce'))
+    assert default_folders('fashion_mnist', True) == ('results_quick', os.path.join('output', 'reproduce_quick'))
+    assert default_folders('digits', False) == ('results_digits', os.path.join('output', 'reproduce_digits'))
     full, quick = make_plan(), make_plan(quick=True)
     assert full.dataset.key == quick.dataset.key == 'fashion_mnist' and full.pretrained
     runs = plan_runs(full)
