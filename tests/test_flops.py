@@ -112,8 +112,9 @@ def test_benchmark_smoke_run(mode, tmp_path):
 
 def test_op_counter_counts_each_operator_and_launches_do_not_fall_with_rho():
     """benchmarks/op_count.py: three matmuls count as three `mm`; a training step of the tiny model
-    dispatches exactly the same operators at every rho below 1 (the token count changes the kernels'
-    sizes, not their number; rho = 1 skips the selection), and more than its forward alone."""
+    dispatches exactly the same operators at every rho of one path (the token count changes the kernels'
+    sizes, not their number): rho = 1 skips the selection, and with fewer than half the patches kept
+    (rho 0.4, 0.2) magnitude selection embeds the kept patches again; and more than its forward alone."""
     import torch
 
     from benchmarks.op_count import OpCounter, count_step
@@ -127,12 +128,13 @@ def test_op_counter_counts_each_operator_and_launches_do_not_fall_with_rho():
     model = tiny_model().train()
     images, targets = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     steps = []
-    for drop in (0.0, 0.2, 0.8):
+    for drop in (0.0, 0.2, 0.6, 0.8):
         model.set_patch_drop_ratio(drop)
         steps.append(count_step(model, images, targets))
-    assert steps[1] == steps[2]
-    assert steps[0]['mm'] == steps[2]['mm'] > 0
-    assert 'topk' in steps[2] and 'topk' not in steps[0]
+    assert steps[2] == steps[3]
+    assert steps[0]['mm'] == steps[1]['mm'] > 0
+    assert 'topk' in steps[1] and 'topk' in steps[3] and 'topk' not in steps[0]
+    assert 'convolution_backward' in steps[1] and 'convolution_backward' not in steps[3]
     with OpCounter() as forward:
         model(images)
-    assert sum(steps[2].values()) > 2 * sum(forward.counts.values())
+    assert sum(steps[3].values()) > 2 * sum(forward.counts.values())
