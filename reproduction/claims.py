@@ -202,13 +202,12 @@ def claim_accuracy(results, dataset=DATASETS['digits']):
                    'paper vs baseline'], rows)],
         status, with_outliers('; '.join(parts), outlier_seeds(results, [s.key for s in SETTINGS])),
         why_not='' if status == 'holds' else (
-            f'these models are fine-tuned for {scale["steps"]} steps from a pre-training of a few minutes, where '
-            'the paper fine-tunes a ViT-B pre-trained for 800 epochs that already solves most of the task. A model '
-            'that is still learning pays for every token it does not see, and a PSS schedule shows it on average '
-            'only a fraction ρ of them.' if dataset.pretrain_config else
-            f'these models are trained from scratch for {scale["steps"]} steps, where the paper fine-tunes a '
-            'pre-trained ViT-B that already solves most of the task. A model that is still learning pays for '
-            'every token it does not see, and a PSS schedule shows it on average only a fraction ρ of them.'))
+            (f'these models are fine-tuned for {scale["steps"]} steps from a pre-training of a few minutes, where '
+             'the paper fine-tunes a ViT-B pre-trained for 800 epochs' if dataset.pretrain_config else
+             f'these models are trained from scratch for {scale["steps"]} steps, where the paper fine-tunes a '
+             'pre-trained ViT-B')
+            + ' that already solves most of the task. A model that is still learning pays for every token it does '
+            'not see, and a PSS schedule shows it on average only a fraction ρ of them.'))
 
 
 
@@ -366,10 +365,11 @@ def pretraining_table(results, pretrain_seconds=None):
     if not pre:
         return f'The pre-trained baseline of seed {seed} was not run.'
     pre, scratch = pre[0], scratch[0]
-    rows = [[f'{rho:.1f}', fmt(sweep_top1(pre, rho)), fmt(sweep_top1(scratch, rho)),
-             fmt(sweep_top1(pre, rho) - sweep_top1(scratch, rho) if sweep_top1(scratch, rho) is not None
-                 and sweep_top1(pre, rho) is not None else None, signed=True)]
-            for rho in sweep_rhos(results)]
+    rows = []
+    for rho in sweep_rhos(results):
+        a, b = sweep_top1(pre, rho), sweep_top1(scratch, rho)
+        difference = a - b if a is not None and b is not None else None
+        rows.append([f'{rho:.1f}', fmt(a), fmt(b), fmt(difference, signed=True)])
     gain = final_top1(pre) - final_top1(scratch)
     cost = (f'; the pre-training\'s steps took {pretrain_seconds / 60:.1f} minutes, once, against '
             f'{training_seconds(pre) / 60:.1f} for one baseline fine-tuning' if pretrain_seconds else '')

@@ -30,6 +30,7 @@ DATASETS = {
 }
 DEFAULT_DATASET = 'fashion_mnist'
 PRETRAIN_TAG = 'pretrain'  # the pre-training's folder: <work>/<pretrain_model_name>/pretrain
+PRETRAIN_RUN = 'simmim_pretrain'  # its name in <out>/runs and in timings.json
 PRETRAIN_SEED = 0  # one pre-training for all seeds of the fine-tuning, as one pre-trained model in the paper
 
 

@@ -5,9 +5,9 @@ import platform
 import subprocess
 
 from reproduction.claims import all_claims, md_table, pretraining_table, sweep_table
-from reproduction.plan import ROOT
+from reproduction.plan import PRETRAIN_RUN, ROOT
 from reproduction.results import load_pretraining, load_results, model_scale, num_val_images
-from reproduction.stages import PRETRAIN_RUN, format_seconds, make_figures, read_timings
+from reproduction.stages import format_seconds, make_figures, read_timings
 
 TITLES = {'digits': 'the digits demo', 'fashion_mnist': 'Fashion-MNIST, fine-tuned after SimMIM pre-training'}
 

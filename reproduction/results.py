@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from reproduction.plan import CONFIG_FILE, plan_runs
+from reproduction.plan import CONFIG_FILE, PRETRAIN_RUN, plan_runs
 from viz.common import (IMAGE_PATCHES, PATCH_DISTRIBUTION, SWEEP, TRAIN_FIELDS, TRAIN_LOG, VAL_FIELDS, VAL_LOG,
                         keep_ratio, read_json, read_sweep, read_train_log, read_val_log)
 
@@ -46,7 +46,7 @@ def load_results(out, plan):
     return results
 
 
-def load_pretraining(out, name='simmim_pretrain'):
+def load_pretraining(out, name=PRETRAIN_RUN):
     """{'config', 'steps', 'final_loss'} of the pre-training in <out>/runs/<name>, or None if absent; the
     final loss is the mean reconstruction loss of its last epoch (train_log.json `loss` at its last step)."""
     run_dir = os.path.join(out, 'runs', name)

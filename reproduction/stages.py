@@ -11,7 +11,8 @@ import time
 import numpy as np
 import yaml
 
-from reproduction.plan import CONFIG_FILE, PRETRAIN_TAG, ROOT, SETTING_BY_KEY, ReproduceError, plan_runs
+from reproduction.plan import (CONFIG_FILE, PRETRAIN_RUN, PRETRAIN_TAG, ROOT, SETTING_BY_KEY, ReproduceError,
+                               plan_runs)
 from reproduction.results import present
 from viz.common import (IMAGE_PATCHES, PATCH_DISTRIBUTION, SWEEP, TRAIN_LOG, VAL_LOG, VizInputError, read_json,
                         read_sweep, read_val_log, save_figure)
@@ -157,7 +158,6 @@ def copy_small_files(src_dir, dst_dir, run):
 # -----------------------------------------------------------------------------
 # The SimMIM pre-training that every fine-tuning but the one from scratch starts from
 # -----------------------------------------------------------------------------
-PRETRAIN_RUN = 'simmim_pretrain'  # its name in <out>/runs and in timings.json
 PRETRAIN_FILES = (CONFIG_FILE, TRAIN_LOG)
 
 
