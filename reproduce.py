@@ -4,6 +4,7 @@
     python reproduce.py --quick                  # the same pipeline, smaller everything -> results_quick/
     python reproduce.py --dataset digits         # the digits demo from scratch, 30 epochs -> results_digits/
     python reproduce.py --seeds 0 1 2 --epochs 4 --out results --work output/reproduce
+    python reproduce.py --study length           # the same fine-tunings at 8 and 16 epochs -> results/
 
 Fashion-MNIST (the default; `apt-get install dataset-fashion-mnist`) follows the paper's setting: one
 SimMIM pre-training of the ViT on all 60,000 training images (main_simmim.py with
@@ -29,15 +30,24 @@ Outputs:
                           in <work>/simmim_fashion_mnist/pretrain/
   <work>/logs/<run>.<stage>.txt   each subprocess's console output
   <out>/runs/<run>/       the small files of each run: config.yaml, train_log.json, val_log.json,
-                          sweep_drop.json, and for the first seed image_patches.json, patch_distribution.json;
-                          runs/simmim_pretrain/: the pre-training's config.yaml and train_log.json
+                          sweep_drop.json, provenance.json (machine, commit, date of its training), and for the
+                          first seed image_patches.json, patch_distribution.json; runs/simmim_pretrain/: the
+                          pre-training's config.yaml and train_log.json
   <out>/figures/*.png     overview, sweep over rho (mean and min-max over seeds), training curves against
                           wall-clock time, time per iteration by rho, kept patches, patch distribution (viz/)
   <out>/timings.json      seconds each stage of each run took (kept across resumed invocations)
   <out>/README.md         a table per claim with the numbers measured here next to the paper's, and a
                           verdict per claim computed from them with the criterion stated; the pre-training's
                           effect
-Run names are <config>_seed<k>, e.g. magnitude_cyclic_seed1, and baseline_scratch_seed0. A run whose
+--study length fine-tunes the baseline and Cyclic (first 2 seeds) and Linear (first seed) again for 2 and 4 times
+the epochs (8 and 16), from weights it keeps in <out>/runs/simmim_pretrain_length/model.safetensors (exported
+from the pre-training, run first if needed), and adds claim 2 after 16 epochs to <out>/README.md.
+
+The report is written from <out>/runs and <out>/timings.json only: rerun over finished runs, the command
+trains nothing, says so, and rewrites the same README.md. To train everything again, pass new --out / --work.
+
+Run names are <config>_seed<k>, e.g. magnitude_cyclic_seed1, and baseline_scratch_seed0; the study's
+<config>_<epochs>ep_seed<k>, e.g. magnitude_cyclic_16ep_seed1. A run whose
 outputs are complete (in <out>/runs, or else in <work>) is skipped, and the pre-training when its last
 epoch is in its checkpoint, so a killed reproduce.py continues where it stopped when run again with the
 same arguments; outputs made with other settings (epochs, image size) are an error rather than silently
@@ -48,8 +58,8 @@ import os
 import sys
 import time
 
-from reproduction.plan import DATASETS, DEFAULT_DATASET, ReproduceError, make_plan, plan_runs
-from reproduction.report import write_report
+from reproduction.plan import DATASETS, DEFAULT_DATASET, STUDIES, ReproduceError, length_runs, make_plan, plan_runs
+from reproduction.report import canonical_command, write_report
 from reproduction.stages import execute, format_seconds
 
 
@@ -62,6 +72,9 @@ def get_parser():
     parser.add_argument('--seeds', type=int, nargs='+', help='seeds per schedule (default: 0 1 2; --quick: 0)')
     parser.add_argument('--epochs', type=int,
                         help='fine-tuning epochs (default: 4 on fashion_mnist, 30 on digits; --quick: 2)')
+    parser.add_argument('--study', choices=STUDIES,
+                        help='length: fine-tune the baseline, Cyclic and Linear again at 2 and 4 times the epochs, '
+                             'from one pre-training kept in <out>/runs/simmim_pretrain_length (fashion_mnist only)')
     parser.add_argument('--out', help='results folder (default: results[_quick], results[_quick]_digits)')
     parser.add_argument('--work', help='training outputs with checkpoints (default: output/reproduce[_quick][_digits])')
     return parser
@@ -82,13 +95,24 @@ def main(argv=None):
         default_out, default_work = default_folders(args.dataset, args.quick)
         out, work = args.out or default_out, args.work or default_work
         first = 'a SimMIM pre-training, then ' if plan.pretrained else ''
-        print(f'{args.dataset}: {first}{len(plan_runs(plan))} runs (seeds {list(plan.seeds)}, {plan.epochs} epochs) '
-              f'-> {out}; checkpoints in {work}', flush=True)
-        report = execute(plan, os.path.abspath(out), os.path.abspath(work), log=lambda s: print(s, flush=True))
-        print(f"{len(report['ran'])} run(s) done, {len(report['skipped'])} skipped, in "
-              f"{format_seconds(report['seconds'])}; writing {out}/README.md and {out}/figures", flush=True)
-        command = ' '.join(['python reproduce.py', *argv])
-        claims = write_report(out, plan, command, time.time() - start, bool(report['ran']))
+        if args.study:
+            runs = length_runs(plan)
+            print(f'{args.dataset}, the length study: {len(runs)} runs at {sorted({r.epochs for r in runs})} epochs '
+                  f'-> {out}; checkpoints in {work}', flush=True)
+        else:
+            print(f'{args.dataset}: {first}{len(plan_runs(plan))} runs (seeds {list(plan.seeds)}, {plan.epochs} '
+                  f'epochs) -> {out}; checkpoints in {work}', flush=True)
+        report = execute(plan, os.path.abspath(out), os.path.abspath(work), log=lambda s: print(s, flush=True),
+                         study=args.study)
+        if report['ran']:
+            print(f"{len(report['ran'])} run(s) done, {len(report['skipped'])} skipped, in "
+                  f"{format_seconds(report['seconds'])}; writing {out}/README.md and {out}/figures", flush=True)
+        else:
+            print(f'nothing to train: all {len(report["skipped"])} runs are finished in {out}/runs; the report is '
+                  f'rewritten from them and, with the same code, does not change. To train everything again, '
+                  f'give new folders: python reproduce.py {" ".join(argv)} --out <new results> --work <new work>'
+                  .replace('  ', ' '), flush=True)
+        claims = write_report(out, plan, canonical_command(plan, args.quick))
     except ReproduceError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """What reproduce.py runs: the datasets, the five schedules, the seeds, epochs and scales of the full and
---quick plans, the SimMIM pre-training the fine-tunings start from, and the runs (schedule x seed) they make."""
+--quick plans, the SimMIM pre-training the fine-tunings start from, the runs (schedule x seed) they make, and
+the runs of the length study (--study length)."""
 import os
 from dataclasses import dataclass
 
@@ -82,10 +83,11 @@ class Plan:
     def pretrained(self):
         return bool(self.dataset.pretrain_config)
 
-    def overrides(self, seed):
-        """{config key: value} that every fine-tuning script of the run with `seed` gets through --opts."""
+    def overrides(self, seed, epochs=0):
+        """{config key: value} that every fine-tuning script of the run with `seed` gets through --opts;
+        `epochs`: the run's TRAIN.EPOCHS where it is not the plan's (the length study)."""
         pairs = dict(zip(self.opts[::2], self.opts[1::2]))
-        pairs.update({'SEED': str(seed), 'TRAIN.EPOCHS': str(self.epochs), 'DATA.DATASET': self.dataset.key})
+        pairs.update({'SEED': str(seed), 'TRAIN.EPOCHS': str(epochs or self.epochs), 'DATA.DATASET': self.dataset.key})
         return pairs
 
     def pretrain_overrides(self):
@@ -130,8 +132,9 @@ def make_plan(quick=False, seeds=None, epochs=None, dataset=DEFAULT_DATASET):
     return Plan(seeds, epochs, opts, sweep_drop_ratios=sweep, dataset=data, pretrain_opts=pretrain_opts)
 
 
-def run_name(setting, seed):
-    return f'{setting.name}_seed{seed}'
+def run_name(setting, seed, epochs=0):
+    """<config>_seed<k>; a run of the length study: <config>_<epochs>ep_seed<k>."""
+    return f"{setting.name}{f'_{epochs}ep' if epochs else ''}_seed{seed}"
 
 
 @dataclass
@@ -140,10 +143,11 @@ class Run:
     seed: int
     extras: bool  # image_patches.py and patch_distribution.py too (the first seed of each schedule)
     pretrained: bool = False  # main_finetune.py --pretrained <the pre-training's checkpoint>
+    epochs: int = 0  # TRAIN.EPOCHS where it is not the plan's (the length study); 0: the plan's
 
     @property
     def name(self):
-        return run_name(self.setting, self.seed)
+        return run_name(self.setting, self.seed, self.epochs)
 
 
 def plan_runs(plan):
@@ -154,3 +158,36 @@ def plan_runs(plan):
     if plan.pretrained:
         runs.append(Run(SCRATCH, plan.seeds[0], extras=False, pretrained=False))
     return runs
+
+
+# -----------------------------------------------------------------------------
+# The length study: is PSS's accuracy cost at rho = 1 a matter of fine-tuning length?
+# -----------------------------------------------------------------------------
+# The same fine-tuning from the same pre-training, 2 and 4 times as long (4 -> 8 and 16 epochs), each with its
+# own cosine schedule over its length; the plan's own runs are its shortest length.
+STUDIES = ('length',)
+LENGTH_FACTORS = (2, 4)
+LENGTH_SETTINGS = (('baseline', 2), ('cyclic', 2), ('linear', 1))  # (setting, how many of the plan's seeds)
+LENGTH_PRETRAIN_RUN = 'simmim_pretrain_length'  # <out>/runs/<this>: the pre-training the study fine-tunes from
+
+
+def study_lengths(plan):
+    """The fine-tuning lengths (epochs) of the length study, the plan's own first."""
+    return (plan.epochs,) + tuple(plan.epochs * factor for factor in LENGTH_FACTORS)
+
+
+def length_runs(plan, lengths=None):
+    """The runs at `lengths` (default: the study's longer ones), shortest first, then seed-major, so that a
+    stopped study has every schedule at the shorter lengths; runs at the plan's epochs are the plan's own."""
+    lengths = study_lengths(plan)[1:] if lengths is None else lengths
+    return [Run(SETTING_BY_KEY[key], seed, extras=False, pretrained=True, epochs=0 if e == plan.epochs else e)
+            for e in lengths for seed in plan.seeds[:2] for key, num_seeds in LENGTH_SETTINGS
+            if seed in plan.seeds[:num_seeds]]
+
+
+def check_study(plan, study):
+    if study not in STUDIES:
+        raise ReproduceError(f"--study {study} is not known; valid values: {', '.join(STUDIES)}")
+    if not plan.pretrained:
+        raise ReproduceError(f'--study {study} fine-tunes from the SimMIM pre-training, which --dataset '
+                             f'{plan.dataset.key} does not have: use --dataset fashion_mnist')

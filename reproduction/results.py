@@ -25,24 +25,28 @@ class RunResult:
     image_patches: dict = None
 
 
+def read_run(run_dir, key, seed, extras=False):
+    """The RunResult of the finished run in `run_dir`; `extras`: image_patches.json and patch_distribution.json
+    too, where present."""
+    found = {}
+    for name, attr in ((PATCH_DISTRIBUTION, 'distribution'), (IMAGE_PATCHES, 'image_patches')):
+        path = os.path.join(run_dir, name)
+        if extras and os.path.exists(path):
+            found[attr] = read_json(path)
+    with open(os.path.join(run_dir, CONFIG_FILE)) as f:
+        config = yaml.safe_load(f)
+    return RunResult(key, seed, train=read_train_log(os.path.join(run_dir, TRAIN_LOG), TRAIN_FIELDS + ('cpu_time',)),
+                     val=read_val_log(os.path.join(run_dir, VAL_LOG), VAL_FIELDS),
+                     sweep=read_sweep(os.path.join(run_dir, SWEEP), ('acc1', 'throughput', 'num_images')),
+                     config=config, **found)
+
+
 def load_results(out, plan):
     """{setting key: [RunResult per seed]} from <out>/runs."""
     results = {}
     for run in plan_runs(plan):
-        run_dir = os.path.join(out, 'runs', run.name)
-        extras = {}
-        for name, attr in ((PATCH_DISTRIBUTION, 'distribution'), (IMAGE_PATCHES, 'image_patches')):
-            path = os.path.join(run_dir, name)
-            if run.extras and os.path.exists(path):
-                extras[attr] = read_json(path)
-        with open(os.path.join(run_dir, CONFIG_FILE)) as f:
-            config = yaml.safe_load(f)
-        results.setdefault(run.setting.key, []).append(RunResult(
-            run.setting.key, run.seed,
-            train=read_train_log(os.path.join(run_dir, TRAIN_LOG), TRAIN_FIELDS + ('cpu_time',)),
-            val=read_val_log(os.path.join(run_dir, VAL_LOG), VAL_FIELDS),
-            sweep=read_sweep(os.path.join(run_dir, SWEEP), ('acc1', 'throughput', 'num_images')),
-            config=config, **extras))
+        results.setdefault(run.setting.key, []).append(
+            read_run(os.path.join(out, 'runs', run.name), run.setting.key, run.seed, run.extras))
     return results
 
 

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import yaml
 
-from reproduction.plan import (CONFIG_FILE, PRETRAIN_RUN, PRETRAIN_TAG, ROOT, SETTING_BY_KEY, ReproduceError,
-                               plan_runs)
+from reproduction.plan import (CONFIG_FILE, LENGTH_PRETRAIN_RUN, PRETRAIN_RUN, PRETRAIN_TAG, ROOT, SETTING_BY_KEY,
+                               ReproduceError, check_study, length_runs, plan_runs)
+from reproduction.provenance import PROVENANCE, write_provenance
 from reproduction.results import present
 from viz.common import (IMAGE_PATCHES, PATCH_DISTRIBUTION, SWEEP, TRAIN_LOG, VAL_LOG, VizInputError, read_json,
                         read_sweep, read_val_log, save_figure)
@@ -90,9 +91,9 @@ STAGE_OUTPUTS = {'sweep': SWEEP, 'image_patches': IMAGE_PATCHES, 'patch_distribu
 def missing_stages(run_dir, plan, run):
     """The stages of `run` whose outputs in `run_dir` are absent or incomplete, in pipeline order.
     Retraining invalidates everything computed from the old checkpoint, so 'train' brings all stages."""
-    check_config(run_dir, plan.overrides(run.seed))
+    check_config(run_dir, plan.overrides(run.seed, run.epochs))
     stages = list(STAGES if run.extras else STAGES[:2])
-    if not train_done(run_dir, plan.epochs):
+    if not train_done(run_dir, run.epochs or plan.epochs):
         return stages
     done = {'train': True, 'sweep': covers(os.path.join(run_dir, SWEEP), plan.sweep_drop_ratios, sweep_ratios)}
     if run.extras:
@@ -110,13 +111,14 @@ def run_dir(plan, work, run):
     return os.path.join(work, plan.dataset.model_name, run.name)
 
 
-def stage_command(stage, run, plan, work):
-    """The argument list (after the interpreter) that runs `stage` of `run`."""
+def stage_command(stage, run, plan, work, weights=None):
+    """The argument list (after the interpreter) that runs `stage` of `run`; `weights`: what a pre-trained
+    run starts from (default: the pre-training's checkpoint in `work`)."""
     cfg = os.path.join(plan.dataset.config_dir, run.setting.config)
-    opts = [item for pair in plan.overrides(run.seed).items() for item in pair]
+    opts = [item for pair in plan.overrides(run.seed, run.epochs).items() for item in pair]
     common = ['--cfg', cfg, '--output', work, '--tag', run.name, '--opts', *opts]
     if stage == 'train':
-        start = ['--pretrained', pretrain_checkpoint(plan, work)] if run.pretrained else []
+        start = ['--pretrained', weights or pretrain_checkpoint(plan, work)] if run.pretrained else []
         return ['main_finetune.py', *common, *start]
     checkpoint = os.path.join(run_dir(plan, work, run), 'checkpoint.pth')
     ratios = {'sweep': plan.sweep_drop_ratios, 'image_patches': plan.image_drop_ratios,
@@ -145,7 +147,7 @@ def run_command(args, log_path):
 
 
 def copy_small_files(src_dir, dst_dir, run):
-    """Copy the run's logs, config and JSON results (no checkpoints, no PDFs) to dst_dir."""
+    """Copy the run's logs, config, provenance and JSON results (no checkpoints, no PDFs) to dst_dir."""
     os.makedirs(dst_dir, exist_ok=True)
     names = [CONFIG_FILE, TRAIN_LOG, VAL_LOG, SWEEP] + ([IMAGE_PATCHES, PATCH_DISTRIBUTION] if run.extras else [])
     for name in names:
@@ -153,12 +155,15 @@ def copy_small_files(src_dir, dst_dir, run):
         if not os.path.exists(src):
             raise ReproduceError(f"'{src}' is missing after its stage ran")
         shutil.copyfile(src, os.path.join(dst_dir, name))
+    if os.path.exists(os.path.join(src_dir, PROVENANCE)):  # absent for runs trained before it was written
+        shutil.copyfile(os.path.join(src_dir, PROVENANCE), os.path.join(dst_dir, PROVENANCE))
 
 
 # -----------------------------------------------------------------------------
 # The SimMIM pre-training that every fine-tuning but the one from scratch starts from
 # -----------------------------------------------------------------------------
 PRETRAIN_FILES = (CONFIG_FILE, TRAIN_LOG)
+WEIGHTS_FILE = 'model.safetensors'  # the length study's pre-trained weights, kept in <out>/runs
 
 
 def pretrain_dir(plan, work):
@@ -193,22 +198,43 @@ def pretrain_done(plan, work):
     return state['epoch'] == config['TRAIN']['EPOCHS'] - 1 and state['step_in_epoch'] == 0
 
 
-def run_pretraining(plan, out, work, runner, timings, log):
-    """Pre-train unless done, then copy its config and log to <out>/runs/simmim_pretrain. Returns whether it ran."""
+def run_pretraining(plan, out, work, runner, timings, log, name=PRETRAIN_RUN):
+    """Pre-train unless done, then copy its config and log (and provenance) to <out>/runs/<name>. Returns
+    whether it ran."""
     ran = not pretrain_done(plan, work)
     if ran:
         log(f'pre-training: {plan.dataset.pretrain_config} (once, for every fine-tuning but the one from scratch)')
         start = time.time()
         runner(pretrain_command(plan, work), os.path.join(work, 'logs', f'{PRETRAIN_RUN}.txt'))
-        timings[PRETRAIN_RUN] = {'pretrain': time.time() - start}
+        timings[name] = {'pretrain': time.time() - start}
         write_timings(out, timings)
         if not pretrain_done(plan, work):
             raise ReproduceError(f"the pre-training left no finished checkpoint in '{pretrain_dir(plan, work)}'")
-    dst = os.path.join(out, 'runs', PRETRAIN_RUN)
+        write_provenance(pretrain_dir(plan, work))
+    dst = os.path.join(out, 'runs', name)
     os.makedirs(dst, exist_ok=True)
-    for name in PRETRAIN_FILES:
-        shutil.copyfile(os.path.join(pretrain_dir(plan, work), name), os.path.join(dst, name))
+    for file in PRETRAIN_FILES + (PROVENANCE,):
+        if os.path.exists(os.path.join(pretrain_dir(plan, work), file)):
+            shutil.copyfile(os.path.join(pretrain_dir(plan, work), file), os.path.join(dst, file))
     return ran
+
+
+def length_weights(plan, out, work, runner, timings, log):
+    """(path, ran): <out>/runs/simmim_pretrain_length/model.safetensors, the pre-trained weights every run of
+    the length study starts from. Kept with the results (2 MB), so that the study continues from the same
+    weights in another session or on another CPU type, where a re-run of the pre-training would drift."""
+    path = os.path.join(out, 'runs', LENGTH_PRETRAIN_RUN, WEIGHTS_FILE)
+    if os.path.exists(path):
+        return path, False
+    ran = run_pretraining(plan, out, work, runner, timings, log, name=LENGTH_PRETRAIN_RUN)
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(pretrain_checkpoint(plan, work), map_location='cpu', weights_only=True)
+    tmp = path + '.tmp'
+    save_file({k: v.contiguous() for k, v in state['model'].items()}, tmp)
+    os.replace(tmp, path)
+    return path, ran
 
 
 def format_seconds(seconds):
@@ -249,17 +275,24 @@ def write_timings(out, timings):
     os.replace(tmp, os.path.join(out, TIMINGS_FILE))
 
 
-def execute(plan, out, work, runner=run_command, log=print):
-    """Run every stage not yet done and copy each finished run's small files to <out>/runs.
-    Returns {'ran': [(run, stages)], 'skipped': [run names]}."""
-    runs = plan_runs(plan)
+def execute(plan, out, work, runner=run_command, log=print, study=None):
+    """Run every stage not yet done of the plan's runs (or of `study`'s) and copy each finished run's small
+    files to <out>/runs. Returns {'ran': [(run, stages)], 'skipped': [run names], 'seconds'}."""
+    if study is not None:
+        check_study(plan, study)
+    runs = plan_runs(plan) if study is None else length_runs(plan)
     timings = read_timings(out)
     start = time.time()
     stage_seconds, ran, skipped = {}, [], []
     todo = {run.name: missing_stages(os.path.join(out, 'runs', run.name), plan, run) for run in runs}
     needs_pretraining = any(run.pretrained and 'train' in missing_stages(run_dir(plan, work, run), plan, run)
                             for run in runs if todo[run.name])
-    if needs_pretraining and run_pretraining(plan, out, work, runner, timings, log):
+    weights = None
+    if needs_pretraining and study is not None:
+        weights, pretrained = length_weights(plan, out, work, runner, timings, log)
+        if pretrained:
+            ran.append((LENGTH_PRETRAIN_RUN, ['pretrain']))
+    elif needs_pretraining and run_pretraining(plan, out, work, runner, timings, log):
         ran.append((PRETRAIN_RUN, ['pretrain']))
     for k, run in enumerate(runs, 1):
         out_dir = os.path.join(out, 'runs', run.name)
@@ -279,7 +312,10 @@ def execute(plan, out, work, runner=run_command, log=print):
                     os.remove(os.path.join(work_dir, name))
         for stage in stages:
             stage_start = time.time()
-            runner(stage_command(stage, run, plan, work), os.path.join(work, 'logs', f'{run.name}.{stage}.txt'))
+            runner(stage_command(stage, run, plan, work, weights),
+                   os.path.join(work, 'logs', f'{run.name}.{stage}.txt'))
+            if stage == 'train':
+                write_provenance(work_dir)
             seconds = time.time() - stage_start
             stage_seconds.setdefault(stage, []).append(seconds)
             timings.setdefault(run.name, {})[stage] = seconds

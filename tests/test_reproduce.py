@@ -3,6 +3,7 @@
 and the README."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -320,7 +321,8 @@ def fake_pretraining(args, pretrained_from):
     write_jsonl(os.path.join(run_dir, 'train_log.json'), [
         {'epoch': 0, 'iteration': i, 'loss': float(np.mean(step_loss[:i + 1])), 'step_loss': float(step_loss[i]),
          'time': 24.0} for i in range(5)])
-    torch.save({'epoch': config['TRAIN']['EPOCHS'] - 1, 'step_in_epoch': 0, 'config': yaml.safe_dump(config)},
+    torch.save({'epoch': config['TRAIN']['EPOCHS'] - 1, 'step_in_epoch': 0, 'config': yaml.safe_dump(config),
+                'model': {'encoder.cls_token': torch.full((1, 1, 4), 0.5)}},
                os.path.join(run_dir, 'checkpoint.pth'))
     pretrained_from.append(option(args, '--tag'))
 
@@ -343,7 +345,9 @@ def fake_runner(calls, fail_at=None, pretrained_from=None):
         config.setdefault('MODEL', {})['VIT'] = {'PATCH_SIZE': 4, 'EMBED_DIM': 48, 'DEPTH': 2, 'NUM_HEADS': 3}
         config.setdefault('DATA', {}).update({'BATCH_SIZE': 64})
         config['TRAIN'].setdefault('WARMUP_EPOCHS', 1)
-        name = option(args, '--tag').rsplit('_seed', 1)[0]
+        config['TRAIN'].setdefault('LAYER_DECAY', 0.75)
+        config['MODEL']['DROP_PATH_RATE'] = 0.1
+        name = re.sub(r'_\d+ep$', '', option(args, '--tag').rsplit('_seed', 1)[0])  # the length study's runs
         key = next(s.key for s in SETTING_BY_KEY.values() if s.name == name)
         seed = config['SEED']
         penalty = 5.0 if key == 'scratch' else 0.0  # without the pre-training: 5 points lower everywhere
@@ -393,10 +397,10 @@ def test_execute_runs_everything_once_and_skips_it_the_second_time(tmp_path):
     assert len(report['ran']) == 10 and not report['skipped']
     # the results hold the small files only, extras for the first seed
     assert sorted(os.listdir(os.path.join(out, 'runs', 'magnitude_cyclic_seed0'))) == [
-        'config.yaml', 'image_patches.json', 'patch_distribution.json', 'sweep_drop.json', 'train_log.json',
-        'val_log.json']
+        'config.yaml', 'image_patches.json', 'patch_distribution.json', 'provenance.json', 'sweep_drop.json',
+        'train_log.json', 'val_log.json']
     assert sorted(os.listdir(os.path.join(out, 'runs', 'magnitude_cyclic_seed1'))) == [
-        'config.yaml', 'sweep_drop.json', 'train_log.json', 'val_log.json']
+        'config.yaml', 'provenance.json', 'sweep_drop.json', 'train_log.json', 'val_log.json']
     timings = json.load(open(os.path.join(out, 'timings.json')))
     assert set(timings['baseline_seed0']) == {'train', 'sweep', 'image_patches', 'patch_distribution'}
 
@@ -434,7 +438,8 @@ def test_pretraining_comes_first_once_and_every_fine_tuning_but_scratch_starts_f
     assert calls[-2:] == [('main_finetune.py', 'baseline_scratch_seed0'), ('sweep_drop.py', 'baseline_scratch_seed0')]
     assert pretrained_from == [pretrain_checkpoint(PRETRAINED, work)] * 10 + ['']  # the last: from scratch
     assert len(report['ran']) == 12  # the pre-training and 11 runs
-    assert sorted(os.listdir(os.path.join(out, 'runs', 'simmim_pretrain'))) == ['config.yaml', 'train_log.json']
+    assert sorted(os.listdir(os.path.join(out, 'runs', 'simmim_pretrain'))) == ['config.yaml', 'provenance.json',
+                                                                              'train_log.json']
     pre = load_pretraining(out)
     assert pre['steps'] == 5 and pre['final_loss'] == pytest.approx(0.8) and pre['config']['SEED'] == 0
     assert json.load(open(os.path.join(out, 'timings.json')))['simmim_pretrain'].keys() == {'pretrain'}

@@ -388,11 +388,12 @@ def script_argv(name, runs):
         'image_patches': ['--runs', s0],
         'patch_distribution': ['--runs', s0, base],
         'overview': seeds,
+        'fine_tuning_length': seeds,
     }[name]
 
 
 SCRIPTS = ('patch_schedules', 'training_curves', 'train_times', 'sweep_drop_ratio', 'image_patches',
-           'patch_distribution', 'overview')
+           'patch_distribution', 'overview', 'fine_tuning_length')
 
 
 @pytest.mark.parametrize('name', SCRIPTS)
