@@ -9,6 +9,7 @@ import tarfile
 import textwrap
 import zipfile
 
+import pytest
 import torch
 
 from benchmarks import gpu_check
@@ -133,6 +134,17 @@ def test_check_run_wants_every_step_once_and_a_validation_per_epoch(tmp_path, ca
     (run / 'train_log.json').write_text(''.join(json.dumps(r) + '\n' for r in lines + lines[3:]))  # a repeat
     assert gpu_check.check_run(run, epochs=2, steps_per_epoch=2) == 1
     assert 'exactly once' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--cuda-graphs', '--warmup', '1'], '--cuda-graphs needs --warmup 2 or more'),
+    (['--cuda-graphs', '--compile'], '--cuda-graphs and --compile together are not supported'),
+])
+def test_train_step_refuses_graph_timings_that_would_include_a_capture(flags, message, capsys):
+    from benchmarks.train_step import parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(['--cfg', 'configs/vit-b/magnitude_cyclic_80_0.yaml', *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 # --- the report and the device's limits ---------------------------------------------------------
