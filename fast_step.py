@@ -36,8 +36,8 @@ differ between replays: PyTorch advances the CUDA generator for every replay.
 Requirements, checked by `check_cuda_graphs` (main_finetune.py turns a failure into `error: ...`):
 one process (DDP's gradient all-reduce runs from autograd hooks that a captured graph does not
 re-run), one micro-batch per step, no activation checkpointing (its recomputation reads the RNG
-state from the host), a fused AdamW (its fp16 skip happens on the device; any other optimizer's
-needs a host sync).
+state from the host), no TRAIN.COMPILE (a compiled model inside a capture is untested), a fused
+AdamW (its fp16 skip happens on the device; any other optimizer's needs a host sync).
 """
 from contextlib import contextmanager, nullcontext
 
@@ -61,6 +61,8 @@ def check_cuda_graphs(config, world_size):
         problems.append(f'TRAIN.ACCUMULATION_STEPS is {config.TRAIN.ACCUMULATION_STEPS}: one micro-batch per step only')
     if config.TRAIN.USE_CHECKPOINT:
         problems.append('TRAIN.USE_CHECKPOINT (activation checkpointing) reads the RNG state on the host')
+    if config.TRAIN.COMPILE:
+        problems.append('TRAIN.COMPILE is on: a compiled model inside a captured step is untested; use one of the two')
     if config.TRAIN.OPTIMIZER.NAME.lower() != 'adamw':
         problems.append(f"it needs the fused AdamW (TRAIN.OPTIMIZER.NAME adamw, not '{config.TRAIN.OPTIMIZER.NAME}')")
     if problems:
@@ -171,7 +173,9 @@ class TrainStep:
     def _capture(self, key):
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: the loader's pin-memory thread may allocate pinned memory meanwhile,
+            # which the default 'global' mode counts as an error of this capture
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode='thread_local'):
                 self._graphed_step()
         except RuntimeError as e:
             raise RuntimeError(f'capturing the training step as a CUDA graph (key {key}) failed: {e}; '

@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# Fill .whl/ with the wheels benchmarks/gpu_check.sh installs (only those missing there) on a GPU
-# machine that has torch and torchvision but no package index. Run it where pip reaches PyPI:
+# Fill .whl/ with the wheels benchmarks/gpu_check.sh installs on a GPU machine without a package
+# index. Run it where pip reaches PyPI; the folder then travels with the check (it counts towards
+# what may be carried, so it holds only what that machine lacks):
 #
-#   bash benchmarks/fetch_wheels.sh            # into .whl/ (gitignored)
-#   PYVERS="3.12" MPL_PYVERS="3.12" bash benchmarks/fetch_wheels.sh /some/dir
+#   bash benchmarks/fetch_wheels.sh                 # into .whl/ (gitignored): yacs and termcolor, ~60 KB
+#   EXTRA="timm==1.0.22" PYVERS="3.12" MPL_PYVERS="3.12" bash benchmarks/fetch_wheels.sh DIR
 #
-# Pure-Python wheels once (timm 1.0.22, yacs, termcolor, matplotlib's pure dependencies); PyYAML for
-# each Python version in PYVERS (default 3.10 to 3.13); matplotlib with its compiled dependencies
-# (fonttools, kiwisolver, contourpy: ~15 MB per version) for MPL_PYVERS (default 3.11 3.12), since
-# the device run carries at most 64 MiB in all. About 35 MB with the defaults. numpy and pillow come
-# with torchvision. gpu_check.sh then runs `pip install --no-index --find-links .whl <missing>`.
+# The lent H200 machine has Python 3.12, torch 2.11.0+cu130, torchvision, timm 1.0.29, numpy,
+# pillow, PyYAML and matplotlib, so by default only yacs and termcolor (pure Python) are fetched.
+# For a machine that lacks more: EXTRA adds pure-Python wheels, PYVERS PyYAML for each of those
+# Python versions, MPL_PYVERS matplotlib with its compiled dependencies (~15 MB per version) for
+# each of those; unset or empty, none. The old wheels in the folder are removed first, so that only
+# these travel. gpu_check.sh installs what its Python lacks from them with `pip install --target`.
 set -euo pipefail
 DIR=${1:-.whl}
 PY=${PYTHON:-python3}
 mkdir -p "$DIR"
+find "$DIR" -maxdepth 1 -name '*.whl' -delete
 binary() {  # binary <python version> <packages...>
   local version=$1
   shift
   "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --python-version "$version" -d "$DIR" "$@"
 }
-"$PY" -m pip download -q --no-deps -d "$DIR" timm==1.0.22 yacs termcolor cycler pyparsing python-dateutil six packaging
-for version in ${PYVERS:-3.10 3.11 3.12 3.13}; do binary "$version" pyyaml; done
-for version in ${MPL_PYVERS:-3.11 3.12}; do binary "$version" matplotlib fonttools kiwisolver contourpy; done
+pure=(yacs termcolor)
+[ -n "${MPL_PYVERS:-}" ] && pure+=(cycler pyparsing python-dateutil six packaging)
+# shellcheck disable=SC2206  # EXTRA is a list of requirements
+pure+=(${EXTRA:-})
+"$PY" -m pip download -q --no-deps --only-binary=:all: -d "$DIR" "${pure[@]}"
+for version in ${PYVERS:-}; do binary "$version" pyyaml; done
+for version in ${MPL_PYVERS:-}; do binary "$version" matplotlib fonttools kiwisolver contourpy; done
 du -sh "$DIR"

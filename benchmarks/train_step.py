@@ -19,8 +19,10 @@ the step's peak memory. From the step times it predicts each config's training t
 patch schedule (--predict, default the YAML files beside --cfg) next to the baseline's.
 --mode inference: eval-mode forward images/s (no autograd) per rho and for timm.
 --mode data: the training transform + loader (data.build_loader) on synthetic JPEGs written to a
-temporary folder, images/s for each --workers count and per worker; with a train JSON for the
-same device in --out, it also says how many workers each rho's step would need.
+temporary folder, images/s for each --workers count w and per worker, over --data-batches batches
+after the first w (untimed: all w workers deliver their first batch at once); with a train JSON
+for the same device in --out, it also says how many workers each rho's step would need.
+With --cuda-graphs the step memory is what the warm-up and the capture reserve (a replay allocates nothing).
 
 Writes <out>/<mode>_<device>[_amp][_compile[_<mode>]][_cuda_graphs].json and .md (--out, default benchmarks/results/)
 and prints the markdown.
@@ -34,6 +36,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -92,7 +95,12 @@ def parse_args(argv=None):
                    help='data mode: loader worker counts (default: 1 and min(8, CPUs))')
     p.add_argument('--data-batches', type=int, default=10, help='data mode: batches timed per worker count')
     p.add_argument('--out', default=str(REPO / 'benchmarks' / 'results'), help='output folder')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cuda_graphs and args.warmup < 2:
+        p.error('--cuda-graphs needs --warmup 2 or more: the warm-up step and the capture are not timed')
+    if args.cuda_graphs and args.compile:
+        p.error('--cuda-graphs and --compile together are not supported (as TRAIN.CUDA_GRAPHS with TRAIN.COMPILE)')
+    return args
 
 
 # --- machine ------------------------------------------------------------------------------------
@@ -243,6 +251,7 @@ class Case:
         self.times = []
         self.graphs_in_first_call = self.graphs_while_timed = 0
         self.memory_mib = None
+        self.setup_mib = []  # CUDA graphs: reserved by the warm-up, by the capture
 
 
 def _compiled_graphs():
@@ -253,16 +262,28 @@ def _compiled_graphs():
     return counters['stats']['unique_graphs']
 
 
-def run_round_robin(cases, device, warmup, repeats):
-    """Warm-up rounds, then `repeats` rounds of one call per case, each call synchronised."""
+def run_round_robin(cases, device, warmup, repeats, setup_memory=False):
+    """Warm-up rounds, then `repeats` rounds of one call per case, each call synchronised.
+
+    With `setup_memory` (CUDA graphs on CUDA; a replay allocates nothing): each case's memory is
+    what its first two calls, the eager warm-up and the capture, add to the memory reserved, each
+    from an emptied cache (the capture's part is the graph's private pool)."""
     for r in range(warmup + repeats):
         for case in cases:
             graphs = _compiled_graphs()
+            measure = setup_memory and r < 2
+            if measure:
+                synchronize(device)
+                torch.cuda.empty_cache()
+                reserved = torch.cuda.memory_reserved(device)
+                torch.cuda.reset_peak_memory_stats(device)
             synchronize(device)
             start = time.perf_counter()
             case.fn()
             synchronize(device)
             elapsed = time.perf_counter() - start
+            if measure:
+                case.setup_mib.append((torch.cuda.max_memory_reserved(device) - reserved) / 2 ** 20)
             if r == 0:
                 case.first_s = elapsed
                 case.graphs_in_first_call = _compiled_graphs() - graphs
@@ -391,17 +412,21 @@ def run_model_mode(args, config, device, train):
     cases, models, optimizers = build_cases(args, config, device, train)
     dtype = torch.bfloat16 if args.amp else torch.float32
     peak = matmul_peak(device, dtype, max(args.repeats, 3))
+    graphs = train and args.cuda_graphs and device.type == 'cuda'
     load_before = load_average()
-    run_round_robin(cases, device, args.warmup, args.repeats)
+    run_round_robin(cases, device, args.warmup, args.repeats, setup_memory=graphs)
     load_after = load_average()
     memory_note = 'peak allocated during the step minus allocated before it (PyTorch, CUDA)'
-    if device.type == 'cpu':
+    if graphs:
+        memory_note = ('CUDA graphs: memory reserved over the warm-up step plus over the capture (the '
+                       "graph's private pool), each from an emptied cache; a replay allocates nothing")
+    elif device.type == 'cpu':
         if _release_freed_cpu_memory():
             memory_note = 'peak RSS during the step minus RSS before it (glibc told to unmap freed blocks)'
         else:
             memory_note = 'peak RSS during the step minus RSS before it'
     for case in cases:
-        case.memory_mib = step_memory_mib(case.fn, device)
+        case.memory_mib = sum(case.setup_mib) if graphs else step_memory_mib(case.fn, device)
     for label, model, optimizer in optimizers:
         models[label]['state_mib'] = state_mib(model, optimizer)
 
@@ -418,6 +443,7 @@ def run_model_mode(args, config, device, train):
             'ratio_over_ideal': ratio / case.ideal_ratio if ratio else None,
             'gflop': case.flops / 1e9, 'fraction_of_peak': case.flops / median_s / peak,
             'step_memory_mib': case.memory_mib,
+            'warmup_and_capture_reserved_mib': case.setup_mib if graphs else None,
             'first_call_s': case.first_s, 'graphs_compiled_first_call': case.graphs_in_first_call,
             'graphs_compiled_while_timed': case.graphs_while_timed,
         })
@@ -431,19 +457,48 @@ def run_model_mode(args, config, device, train):
     return result
 
 
-def _write_synthetic_imagenet(root, num_train, num_val, seed=0):
-    """JPEGs in ImageFolder layout (2 classes), ImageNet-like: 500 x 375, smooth, quality 90."""
+def _write_jpeg(job):
+    """One ImageNet-like JPEG: 500 x 375, smooth, quality 90, drawn from its own seed."""
     import numpy as np
     from PIL import Image
+    path, seed = job
     rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    image = np.asarray(coarse.resize((500, 375), Image.BICUBIC), dtype=np.int16)
+    image = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(path, quality=90)
+
+
+def _write_synthetic_imagenet(root, num_train, num_val, seed=0, unique=256):
+    """JPEGs in ImageFolder layout (2 classes). At most `unique` distinct images per split, written
+    by one process per CPU; the other files are hard links to them (decoding costs the same, and
+    thousands of JPEGs written one by one took longer than the loaders they feed)."""
+    from concurrent.futures import ProcessPoolExecutor
+    paths = {}
     for split, count in (('train', num_train), ('val', num_val)):
-        for i in range(count):
-            folder = os.path.join(root, split, f'class_{i % 2}')
-            os.makedirs(folder, exist_ok=True)
-            coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-            image = np.asarray(coarse.resize((500, 375), Image.BICUBIC), dtype=np.int16)
-            image = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.jpg'), quality=90)
+        for c in range(2):
+            os.makedirs(os.path.join(root, split, f'class_{c}'), exist_ok=True)
+        paths[split] = [os.path.join(root, split, f'class_{i % 2}', f'{i:05d}.jpg') for i in range(count)]
+    jobs = [(path, (seed, s, i)) for s, split in enumerate(paths) for i, path in enumerate(paths[split][:unique])]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(_write_jpeg, jobs, chunksize=8))
+    for split_paths in paths.values():
+        for i in range(unique, len(split_paths)):
+            source = split_paths[i % unique]
+            try:
+                os.link(source, split_paths[i])
+            except OSError:  # a file system without hard links
+                shutil.copyfile(source, split_paths[i])
+
+
+def time_batches(iterator, skip, count, clock=time.perf_counter):
+    """Seconds for `count` batches of `iterator` after `skip` untimed ones; -> (seconds, batches read)."""
+    for _ in range(skip):
+        next(iterator)
+    start = clock()
+    for _ in range(count):
+        next(iterator)
+    return clock() - start, skip + count
 
 
 def run_data_mode(args, config):
@@ -452,7 +507,8 @@ def run_data_mode(args, config):
     batch = args.batch_size
     rows = []
     with tempfile.TemporaryDirectory(prefix='pss_bench_data_') as root:
-        num_train = batch * (args.data_batches + 2)  # a start-up batch, the timed ones, one spare
+        # per worker count: w untimed batches, the timed ones, one spare
+        num_train = batch * (max(workers) + args.data_batches + 1)
         _write_synthetic_imagenet(root, num_train, num_val=4)
         for w in workers:
             cfg = config.clone()
@@ -461,15 +517,13 @@ def run_data_mode(args, config):
             cfg.freeze()
             _, _, loader, _, _ = build_loader(cfg)
             set_train_epoch(loader, 0)
-            it = iter(loader)
-            next(it)  # worker start-up and the first batch are not timed
-            start = time.perf_counter()
-            for _ in range(args.data_batches):
-                next(it)
-            elapsed = time.perf_counter() - start
-            del it, loader
+            # untimed: worker start-up and the first w batches, which all w workers deliver at
+            # once (counting them overstated 16 workers by about 25%)
+            elapsed, _ = time_batches(iter(loader), max(w, 1), args.data_batches)
+            del loader
             rate = args.data_batches * batch / elapsed
-            rows.append({'workers': w, 'images_per_s': rate, 'images_per_s_per_worker': rate / max(w, 1)})
+            rows.append({'workers': w, 'images_per_s': rate, 'images_per_s_per_worker': rate / max(w, 1),
+                         'untimed_batches': max(w, 1)})
     result = {'rows': rows, 'images': '500 x 375 JPEG, quality 90', 'load_average_after': load_average()}
     # How many workers each rho's step would need, from a train run on the same device.
     stem = f"train_{args.device.split(':')[0]}{'_amp' if args.amp else ''}"
