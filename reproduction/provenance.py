@@ -15,8 +15,10 @@ def git_commit():
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # results folders change while a reproduction runs; only changes to the code make the commit inexact
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.',
+                                ':(exclude)results*'], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return 'unknown (not a git checkout)'
     return commit + (' with uncommitted changes to tracked files' if dirty else '')
