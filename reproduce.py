@@ -109,7 +109,7 @@ def main(argv=None):
                   f"{format_seconds(report['seconds'])}; writing {out}/README.md and {out}/figures", flush=True)
         else:
             print(f'nothing to train: all {len(report["skipped"])} runs are finished in {out}/runs; the report is '
-                  f'rewritten from them and, with the same code, does not change. To train everything again, '
+                  f'rewritten from them: the same file unless the runs or the code changed. To train everything again, '
                   f'give new folders: python reproduce.py {" ".join(argv)} --out <new results> --work <new work>'
                   .replace('  ', ' '), flush=True)
         claims = write_report(out, plan, canonical_command(plan, args.quick))
