@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
-                        load_model_weights, load_pretrained)
+from checkpoint import CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file, load_model_weights
 from config import ConfigError, check_patch_schedule, config_json, config_warnings, get_config, with_values
 from data import DataError, build_loader, build_val_loader, log_decode_failures, set_train_epoch
 from engine import NonFiniteLossError, evaluate, throughput, train_one_epoch
@@ -41,6 +40,7 @@ from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_model
 from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
+from pretrained import load_pretrained
 from run_folder import RunFolderError, RunLock, remove_stale_tmp_files
 from training import TrainingRun
 from utils import (LaunchError, all_gather_object, all_reduce_sum, autocast_dtype, barrier, get_world_size,

@@ -93,6 +93,12 @@ def unwrap_model(model):
     return getattr(model, '_orig_mod', model)
 
 
+def first_n(items, n, sep=', '):
+    """The first `n` of `items` joined by `sep`, and ' (+k more)' for the rest."""
+    more = f' (+{len(items) - n} more)' if len(items) > n else ''
+    return sep.join(items[:n]) + more
+
+
 def all_gather_object(obj):
     """A list with every process's `obj` (rank order); [obj] in one process."""
     if not is_dist_avail_and_initialized():
