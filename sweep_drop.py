@@ -9,7 +9,7 @@
 Flags are main_finetune.py's (--cfg, --opts, --batch-size, --data-path, --output, --tag,
 --amp-opt-level, --trust-checkpoint); --pretrained (or --resume) names the checkpoint to evaluate,
 which must fit the configured network exactly ({'model': state_dict} or a bare state dict, as
-main_finetune.py writes them). `pss_vit` and baseline `vit` checkpoints alike; TRAIN.PATCH_DROP_FUNC
+main_finetune.py writes them). MODEL.TYPE `pss_vit` and `vit` are the same network; TRAIN.PATCH_DROP_FUNC
 chooses the selection. Default drop ratios: 0.0, 0.1, ..., 0.8.
 
 Writes <output>/<MODEL.NAME>/<TAG>/sweep_drop.json (rank 0; rewritten atomically after every ratio,
