@@ -57,9 +57,8 @@ def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_si
         missing, _ = load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
         if config.EVAL_MODE and missing:
             raise CheckpointError(f"--eval --pretrained '{config.PRETRAINED}': the checkpoint lacks "
-                                  f'{first_n(missing, 5)} (no trained '
-                                  'classifier for this dataset?), so the accuracy would be that of untrained '
-                                  'weights; evaluate a fine-tuned checkpoint')
+                                  f'{first_n(missing, 5)} (no trained classifier for this dataset?), so the '
+                                  'accuracy would be that of untrained weights; evaluate a fine-tuned checkpoint')
     elif config.EVAL_MODE:
         raise CheckpointError('--eval needs the checkpoint to evaluate: pass --resume <checkpoint>')
     if world_size > 1:
