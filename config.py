@@ -53,7 +53,7 @@ _C.DATA.MASK_RATIO = 0.6  # [SimMIM] fraction of those blocks masked (rounded up
 # Model
 # -----------------------------------------------------------------------------
 _C.MODEL = CN()
-_C.MODEL.TYPE = 'pss_vit'  # 'pss_vit' or 'vit' (the same network, used for baselines)
+_C.MODEL.TYPE = 'pss_vit'  # 'pss_vit' or 'vit' (the original's names): both build the same network
 _C.MODEL.NAME = 'pss'  # run name: the first level of the output folder
 _C.MODEL.RESUME = ''  # checkpoint to resume training (or to evaluate with --eval)
 _C.MODEL.NUM_CLASSES = 1000  # classifier outputs; set from the dataset's class folders at run time
@@ -80,7 +80,7 @@ _C.MODEL.VIT.USE_MEAN_POOLING = False  # classify the normed mean of patch token
 # Training
 # -----------------------------------------------------------------------------
 _C.TRAIN = CN()
-_C.TRAIN.START_EPOCH = 0  # first epoch (set by resume)
+_C.TRAIN.START_EPOCH = 0  # first epoch of a run that resumes no training checkpoint (one that does continues its own)
 _C.TRAIN.EPOCHS = 300  # total training epochs
 _C.TRAIN.WARMUP_EPOCHS = 20  # linear learning-rate warm-up epochs
 _C.TRAIN.WEIGHT_DECAY = 0.05  # AdamW weight decay

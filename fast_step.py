@@ -1,43 +1,17 @@
-"""One training step as one call, run eagerly or replayed from CUDA graphs (TRAIN.CUDA_GRAPHS).
+"""One training step as one call: eager (also with gradient accumulation), or replayed from CUDA
+graphs (TRAIN.CUDA_GRAPHS). main_finetune.py and main_simmim.py train with it.
 
     step = TrainStep(model, criterion, optimizer, scaler, clip_grad, autocast_dtype, cuda_graphs=True)
     stats = step(samples, targets, key=bare_model.num_kept_tokens())  # device tensor [loss, grad norm]
     loss, grad_norm = stats.tolist()   # the caller's one read, after the sync that times the step
 
-A call is one optimizer step on one batch: forward (under autocast), loss, backward (scaled by the
-GradScaler), unscale, gradient-norm clip at `clip_grad` (0: no clipping, the norm is still
-returned), the optimizer step (skipped by the scaler when fp16 gradients overflowed), scaler update.
-Without an enabled GradScaler the clip does not rescale the gradients in place: the fused AdamW
-divides them by the clip factor as it steps (`optimizer.clip_and_step`, also used by engine.py).
-It returns the loss and the gradient norm before clipping as one device tensor and never waits for
-the device: no `.item()`, no Python branch on a tensor's value.
-
-Eager (`cuda_graphs=False`, and always on CPU) it does what engine.train_one_epoch's own loop does
-with one micro-batch per step, operator for operator, so both give bit-identical runs
-(tests/test_fast_step.py).
-
-With `cuda_graphs` the whole step is captured as a CUDA graph, one graph per `key`, the kept-token
-count (a fixed set of shapes each; five on the 0.2 grid), all in one memory pool. Replaying a
-graph is one launch instead of about 920 for an eager ViT-B step, which at small rho is most of a GPU
-step's time (benchmarks/RESULTS.md). The first step with a key runs eagerly on a side stream (it
-creates the optimizer state, and warms up cuBLAS and the autograd engine), the second is captured
-and then replayed, every later one only replayed. What must outlive a step lives outside the pool,
-so that graphs can be replayed in any order: the weights, the optimizer state (created by the first
-eager step), the learning rates (one device tensor per parameter group, refreshed from
-`param_groups` before every step, so the LR scheduler works unchanged) and the GradScaler's scale.
-Gradients live within a step only: they come from the pool (set to None before each step, as in
-PyTorch's whole-network capture example), so one graph's gradients may share memory with another
-graph's temporaries; so does the clip factor the optimizer divides them by (each replay computes it
-from its own norm before the captured optimizer kernel reads it). What the graphs bake in: the batch
-shape (every batch is copied into one static input), the weight decay, betas and eps of every group,
-`clip_grad`, the model's train mode and structure. Random numbers (drop path, random selection)
-differ between replays: PyTorch advances the CUDA generator for every replay.
-
-Requirements, checked by `check_cuda_graphs` (main_finetune.py turns a failure into `error: ...`):
-one process (DDP's gradient all-reduce runs from autograd hooks that a captured graph does not
-re-run), one micro-batch per step, no activation checkpointing (its recomputation reads the RNG
-state from the host), no TRAIN.COMPILE (a compiled model inside a capture is untested), a fused
-AdamW (its fp16 skip happens on the device; any other optimizer's needs a host sync).
+A step is forward (autocast), loss, backward (GradScaler), the clip at `clip_grad`
+(optimizer.clip_and_step) and the optimizer step, with no host sync. With `cuda_graphs` it is
+captured once per `key` (the kept-token count: the shapes differ) and replayed as one launch, which
+at small rho is most of a GPU step's time (benchmarks/RESULTS.md). What outlives a step (weights,
+optimizer state, the LRs as device tensors, the scaler's scale) lives outside the graphs' shared
+memory pool, so graphs replay in any order; gradients live inside it. `check_cuda_graphs` lists what
+a capture needs.
 """
 from contextlib import contextmanager, nullcontext
 
@@ -52,7 +26,7 @@ class CudaGraphsError(ConfigError):
 
 
 def check_cuda_graphs(config, world_size):
-    """Raise CudaGraphsError unless a whole step can be captured with this config (see module docstring)."""
+    """Raise CudaGraphsError unless a whole step can be captured with this config; the message says why."""
     problems = []
     if world_size > 1:
         problems.append(f'it runs in one process only, not {world_size} (DDP all-reduces gradients from '
@@ -74,16 +48,22 @@ def model_device(model):
 
 
 class TrainStep:
-    """One optimizer step per call, eager or from CUDA graphs; see the module docstring."""
+    """One micro-batch per call, `accumulation_steps` of them per optimizer step; see the module
+    docstring. With `criterion` None the model returns its own loss: model(samples, targets)."""
 
     def __init__(self, model, criterion, optimizer, scaler, clip_grad=0.0, autocast_dtype=None,
-                 cuda_graphs=False):
+                 cuda_graphs=False, accumulation_steps=1):
         self.model, self.criterion, self.optimizer, self.scaler = model, criterion, optimizer, scaler
         self.max_norm = clip_grad if clip_grad > 0 else float('inf')
         self.autocast_dtype = autocast_dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = model_device(model)
         self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
+        self.accumulation_steps = max(1, accumulation_steps)
+        if self.cuda_graphs and self.accumulation_steps > 1:
+            raise ValueError('TrainStep: CUDA graphs take one micro-batch per step')
+        self.micro_batches = 0  # of the optimizer step under way
+        self.loss_sum = 0.0  # its loss so far, a float64 device tensor after the first micro-batch
         self.graphs = {}  # key -> torch.cuda.CUDAGraph
         self.warmed_up = set()  # keys whose first (eager) step has run
         self.pool = None  # the memory pool all graphs share
@@ -92,24 +72,35 @@ class TrainStep:
         self.lrs = None  # [groups] learning rates on the device, read by the captured optimizer step
 
     # --- the step itself ---------------------------------------------------------------------------
-    def _forward_backward_update(self, samples, targets):
-        """The step as operators, no host sync: -> (loss, grad_norm) device tensors."""
+    def _loss(self, samples, targets):
         autocast = nullcontext()
         if self.autocast_dtype is not None:  # the cast cache must not outlive a capture
             autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=not self.cuda_graphs)
         with autocast:
-            loss = self.criterion(self.model(samples), targets)
+            if self.criterion is None:  # the model's own loss (SimMIM: the targets are the masks)
+                return self.model(samples, targets)
+            return self.criterion(self.model(samples), targets)
+
+    def _forward_backward_update(self, samples, targets):
+        """The step as operators, no host sync: -> (loss, grad_norm) device tensors."""
+        loss = self._loss(samples, targets)
         self.scaler.scale(loss).backward()
         # the fp16 skip of an overflowed step happens on the device
         grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, self.max_norm)
         return loss.detach(), grad_norm
 
     def __call__(self, samples, targets, key=None):
-        """One optimizer step on (samples, targets); returns a [2] fp32 device tensor: the loss and
-        the gradient norm before clipping. With CUDA graphs the tensor is overwritten by the next call."""
+        """One micro-batch (samples, targets). After the last one of an optimizer step (every call
+        without accumulation) the optimizer steps, and the result is a [2] device tensor: the loss and
+        the gradient norm before clipping (fp32; float64 with accumulation); None before that. With
+        CUDA graphs the tensor is overwritten by the next call."""
+        if self.accumulation_steps > 1:
+            return self._accumulate(samples, targets)
         if not self.cuda_graphs:
             loss, grad_norm = self._forward_backward_update(samples, targets)
-            self.optimizer.zero_grad(set_to_none=True)  # as engine.py
+            # the next backward allocates them afresh (no zero fill); on CPU
+            # utils.keep_freed_cpu_memory keeps that from faulting in fresh pages
+            self.optimizer.zero_grad(set_to_none=True)
             return torch.stack([loss.float(), grad_norm.float()])
         self._copy_inputs(samples, targets)
         with self._device_learning_rates():
@@ -122,6 +113,22 @@ class TrainStep:
             else:
                 self.graphs[key].replay()
         return self.static_stats
+
+    def _accumulate(self, samples, targets):
+        """An accumulated step's micro-batch: DDP all-reduces the gradients only on the last one."""
+        self.micro_batches += 1
+        last = self.micro_batches == self.accumulation_steps
+        with nullcontext() if last or not hasattr(self.model, 'no_sync') else self.model.no_sync():
+            loss = self._loss(samples, targets)
+            self.scaler.scale(loss / self.accumulation_steps).backward()
+        self.loss_sum = self.loss_sum + loss.detach().double() / self.accumulation_steps  # no sync
+        if not last:
+            return None
+        grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, self.max_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = torch.stack([self.loss_sum, grad_norm.double()])
+        self.micro_batches, self.loss_sum = 0, 0.0
+        return stats
 
     # --- CUDA graphs --------------------------------------------------------------------------------
     def _graphed_step(self):

@@ -37,8 +37,8 @@ import torch
 from config import ConfigError
 from data import build_dataset
 from logger import create_logger
-from sweep_drop import (build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, run_script,
-                        write_atomically)
+from training import run_script
+from experiments import build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, write_atomically
 from viz.common import save_figure
 from viz.image_patches import plot_image_patches
 
@@ -80,7 +80,7 @@ def kept_pairs(kept):
     return [batch.flatten().tolist(), kept.flatten().tolist()]
 
 
-def main(config, args):
+def main(config, args, on_exit):
     # One process is plenty for a handful of images. Under a launcher the other ranks leave at
     # once, without joining a process group (nothing here is collective).
     if int(os.environ.get('RANK', '0')) != 0:
@@ -132,7 +132,7 @@ def run(argv=None):
     parser = get_parser(__doc__, IMAGE_DROP_RATIOS)
     parser.add_argument('--images', type=int, nargs='+', metavar='I',
                         help=f'validation image indices (default: {NUM_DEFAULT_IMAGES} spread over the set)')
-    return run_script(main, parser, argv)
+    return run_script(parser, main, argv)
 
 
 if __name__ == '__main__':

@@ -17,26 +17,20 @@ write a checkpoint and exit with status 3, bad input exits with status 2 and one
 There is no validation pass (SimMIM has none).
 """
 import argparse
-import datetime
-import os
 import sys
-import time
 
 import torch
 
-from config import ConfigError, check_patch_schedule
-from data import DataError, build_pretrain_loader, set_train_epoch
-from engine import train_one_epoch
+from config import ConfigError, config_warnings
+from data import build_pretrain_loader
+from fast_step import TrainStep
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
-from main_finetune import (EXIT_PREEMPTED, StopRequest, check_output_writable, hold_run_folder, run_script,
-                           seed_everything, select_resume_checkpoint, stop_reason, truncate_logs)
 from models import build_simmim
 from optimizer import build_optimizer
-from patch_scheduler import build_patch_scheduler
-from run_folder import remove_stale_tmp_files
-from training import TrainingRun
-from utils import autocast_dtype, barrier, init_distributed_mode, keep_freed_cpu_memory, unwrap_model
+from training import (StopRequest, TrainingRun, lock_run_folder, optimizer_steps_per_epoch, run_script,
+                      seed_everything)
+from utils import autocast_dtype, init_distributed_mode, keep_freed_cpu_memory
 
 
 def get_parser():
@@ -71,15 +65,15 @@ def check_pretrain_config(config):
                           f'MODEL.VIT.PATCH_SIZE {patch_size}')
     if not 0.0 < data.MASK_RATIO < 1.0:
         raise ConfigError(f'DATA.MASK_RATIO = {data.MASK_RATIO} must lie strictly between 0 and 1')
-    if config.TRAIN.PATCH_SCHEDULER.NAME.lower() != 'none':
+    if config.TRAIN.PATCH_SCHEDULER.NAME.lower() != 'none':  # pre-training sets no rho
         raise ConfigError(f"TRAIN.PATCH_SCHEDULER.NAME '{config.TRAIN.PATCH_SCHEDULER.NAME}': SimMIM pre-training "
                           "runs the encoder on every token, so the patch schedule must be 'none'")
 
 
-def main(config, stop=None, on_exit=None, warnings=()):
-    """Pre-train as configured; returns the exit status. `stop`, `on_exit` and `warnings` as for
-    main_finetune.main: SIGTERM / SIGINT end the run with a resumable checkpoint, the run folder's
-    lock is released however the run ends, the config's warnings are logged."""
+def main(config, args, on_exit):
+    """Pre-train as configured; returns the exit status. As main_finetune.main: SIGTERM / SIGINT end
+    the run with a resumable checkpoint, and `on_exit` releases the run folder however it ends."""
+    stop = on_exit.enter_context(StopRequest())
     rank, world_size, local_rank, device = init_distributed_mode()
     if device.type == 'cpu':
         keep_freed_cpu_memory()  # every step's gradients without page faults
@@ -87,35 +81,25 @@ def main(config, stop=None, on_exit=None, warnings=()):
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     # Nothing is written until every input has been checked: a bad path leaves the folder as it was.
     logger = create_logger(None, rank, name=config.MODEL.NAME)
-    for message in warnings:
+    for message in config_warnings(config, args):
         logger.warning(message)
     check_pretrain_config(config)
-    check_output_writable(config.OUTPUT)
-    lock = hold_run_folder(config.OUTPUT, rank, logger)  # lock file only: removed if the run is refused
-    if lock is not None and on_exit is not None:
-        on_exit.callback(lock.release)
+    lock_run_folder(config, rank, logger, on_exit)  # the lock file only: removed if the run is refused
     dataset, data_loader = build_pretrain_loader(config)
     model = build_simmim(config).to(device)
     logger.info(f'SimMIM {config.MODEL.TYPE}: {sum(p.numel() for p in model.parameters()):,} parameters, '
                 f'{len(dataset)} images, {model.encoder.patch_embed.num_patches} patches per image, '
                 f'mask blocks of {config.DATA.MASK_PATCH_SIZE} px, mask ratio {config.DATA.MASK_RATIO}')
 
-    accum = max(1, config.TRAIN.ACCUMULATION_STEPS)
-    steps_per_epoch = len(data_loader) // accum
-    if steps_per_epoch == 0:
-        raise DataError(f'{len(data_loader)} batches per epoch cannot make one optimizer step of '
-                        f'{accum} accumulated batches')
+    steps_per_epoch = optimizer_steps_per_epoch(data_loader, config)
     optimizer = build_optimizer(config, model, world_size)  # all names are encoder.* / decoder.*: no layer decay
     lr_scheduler = build_scheduler(config, optimizer, steps_per_epoch, world_size)
-    patch_scheduler = build_patch_scheduler(config, steps_per_epoch)  # 'none': the shared loop's rho stays 1
-    check_patch_schedule(config, patch_scheduler)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     logger.info(f'base LR {scaled_lrs(config, world_size)[0]:.3g} at a total batch of '
-                f'{config.DATA.BATCH_SIZE * world_size * accum} ({config.TRAIN.LR_SCHEDULER.NAME} schedule)')
-
-    checkpoint_path, state = select_resume_checkpoint(config, model, logger)
-    run = TrainingRun(optimizer, lr_scheduler, patch_scheduler, scaler, steps_per_epoch)
-    start_epoch, start_step = run.resume(state, checkpoint_path, model, config, world_size, rank, logger)
+                f'{config.DATA.BATCH_SIZE * world_size * max(1, config.TRAIN.ACCUMULATION_STEPS)} '
+                f'({config.TRAIN.LR_SCHEDULER.NAME} schedule)')
+    run_state = TrainingRun(config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size)
+    run_state.resume(logger)
 
     has_unused = model.encoder.fc_norm is not None  # USE_MEAN_POOLING: no part in the reconstruction
     if config.TRAIN.COMPILE:
@@ -123,60 +107,11 @@ def main(config, stop=None, on_exit=None, warnings=()):
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == 'cuda' else None, find_unused_parameters=has_unused)
-    bare = unwrap_model(model)
-
-    # ---- from here on the output folder is written ---------------------------------------------
-    if rank == 0:
-        os.makedirs(config.OUTPUT, exist_ok=True)
-    barrier()
-    logger = create_logger(config.OUTPUT, rank, name=config.MODEL.NAME)
-    if rank == 0:
-        with open(os.path.join(config.OUTPUT, 'config.yaml'), 'w') as f:
-            f.write(config.dump())
-        remove_stale_tmp_files(config.OUTPUT, logger)  # safe: the lock keeps other runs out
-        truncate_logs(config.OUTPUT, run.resumed_global_step, start_epoch)
-    logger.info(f'output folder {config.OUTPUT}; resuming at epoch {start_epoch}, step {start_step}'
-                if state is not None else f'output folder {config.OUTPUT}')
-    for level, note in run.notes:
-        logger.log(level, note)
-    train_log = open(os.path.join(config.OUTPUT, 'train_log.json'), 'a') if rank == 0 else None
-
-    def write_checkpoint(epoch, step_in_epoch, epoch_file=False):
-        run.write_checkpoint(bare, config, world_size, epoch, step_in_epoch, epoch_file)
-
-    stop = stop or StopRequest()  # not entered: no signal handlers, never requested
-    every = config.TRAIN.CHECKPOINT_EVERY_STEPS
-
-    def on_step_end(step):
-        if every and step % every == 0 and step < steps_per_epoch:
-            write_checkpoint(epoch, step)
-
-    logger.info('start pre-training')
-    start_time = time.time()
-    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
-        # the epoch's order is fixed by (SEED, epoch); a mid-epoch resume skips the batches already seen
-        set_train_epoch(data_loader, epoch, start_batch=start_step * accum)
-        # criterion None: the model returns the reconstruction loss of (images, masks)
-        done = train_one_epoch(config, model, None, data_loader, optimizer, lr_scheduler, patch_scheduler,
-                               scaler, None, epoch, device, logger, train_log, amp_dtype,
-                               start_step=start_step, should_stop=stop, on_step_end=on_step_end,
-                               epoch_loss=run.epoch_loss)
-        start_step = 0
-        if done < steps_per_epoch:  # stopped by a signal
-            write_checkpoint(epoch, done)
-            logger.warning(f'{stop_reason(stop)} received: checkpoint written at epoch {epoch}, '
-                           f'step {done}. Run the same command again to resume.')
-            return EXIT_PREEMPTED
-        last = epoch == config.TRAIN.EPOCHS - 1
-        run.new_epoch()  # the next epoch's running loss starts afresh (also in the checkpoint below)
-        write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
-        if stop.any_rank():
-            logger.warning(f'{stop_reason(stop)} received: checkpoint written after epoch {epoch}. '
-                           'Run the same command again to resume.')
-            return EXIT_PREEMPTED
-
-    logger.info(f'Pre-training time {datetime.timedelta(seconds=int(time.time() - start_time))}')
-    return 0
+    run_state.open_folder(logger)
+    # criterion None: the model returns the reconstruction loss of (images, masks)
+    train_step = TrainStep(model, None, optimizer, scaler, config.TRAIN.CLIP_GRAD, amp_dtype,
+                           accumulation_steps=config.TRAIN.ACCUMULATION_STEPS)
+    return run_state.train(train_step, data_loader, stop, what='pre-training')
 
 
 def run(argv=None):
@@ -184,7 +119,4 @@ def run(argv=None):
 
 
 if __name__ == '__main__':
-    status = run()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.exit(status)
+    sys.exit(run())

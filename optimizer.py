@@ -11,8 +11,7 @@ q/v biases, layer-scale gammas), every `.bias`, and the model's `no_weight_decay
 
 The groups are named `layer_<id>_<decay|no_decay>` and created in order of first appearance along
 `model.named_parameters()`, as the original code did, so an optimizer state saved by the original
-`main_finetune.py` has the same layout. `load_optimizer_state` also maps a state saved with another
-layout (this project's older checkpoints) onto the parameters by name.
+`main_finetune.py` has the same layout.
 """
 import logging
 
@@ -65,11 +64,8 @@ def param_groups_layer_decay(model, weight_decay, layer_decay, base_lr):
 
 def build_optimizer(config, model, world_size=1):
     """AdamW or SGD (TRAIN.OPTIMIZER.NAME, any case) for the bare `model` at the scaled base LR.
-
-    Unwrap DDP / torch.compile first (utils.unwrap_model): the group rules match bare names.
-    AdamW uses the fused kernel when every parameter is on a CUDA or CPU device (on CPU it took
-    0.12 s per ViT-B step against 0.87 s for the default implementation, benchmarks/RESULTS.md).
-    """
+    Unwrap DDP / torch.compile first (utils.unwrap_model): the group rules match bare names. AdamW
+    is the fused kernel where it can be: on CPU several times faster than the default (benchmarks/RESULTS.md)."""
     base_lr, _, _ = scaled_lrs(config, world_size)
     opt = config.TRAIN.OPTIMIZER
     groups = param_groups_layer_decay(model, config.TRAIN.WEIGHT_DECAY, config.TRAIN.LAYER_DECAY, base_lr)
@@ -146,19 +142,13 @@ def _saved_names(saved, optimizer):
 
 
 def load_optimizer_state(optimizer, saved):
-    """Load the optimizer state dict `saved` into `optimizer` (from build_optimizer), matching the
-    per-parameter state (AdamW moments, step counts) to the parameters by name. Returns how:
+    """Load the optimizer state dict `saved` into `optimizer` (from build_optimizer). Returns how:
+    'exact' (this project's state: torch's own load, group settings included), or 'original' (the
+    original's, without parameter names: mapped through its layout, which is ours; the group settings
+    stay as built, so the caller sets the learning rates from its LR scheduler).
 
-    - 'exact': the same groups in the same order, saved by this project: torch's own load, every
-      group setting (the learning rate included) restored;
-    - 'by name': this project's state in another group order (older checkpoints): mapped by name,
-      each group's settings taken from the saved group of the same name;
-    - 'original': a state without parameter names (the original's checkpoints): mapped through the
-      original's layout; the group settings stay as built here (the original's `initial_lr` meant
-      another thing), so the caller must set the learning rates from its LR scheduler.
-
-    Raises OptimizerStateError when the state is malformed or does not fit: other parameter names,
-    another group layout without names, or a moment whose shape differs from its parameter's.
+    Raises OptimizerStateError when the state is malformed or does not fit: other parameters, another
+    group layout, or a moment whose shape differs from its parameter's.
     """
     if not isinstance(saved, dict) or not isinstance(saved.get('state'), dict) or \
             not isinstance(saved.get('param_groups'), list) or \
@@ -172,9 +162,11 @@ def load_optimizer_state(optimizer, saved):
         missing, unexpected = sorted(set(our_ids) - set(names.values())), sorted(set(names.values()) - set(our_ids))
         raise OptimizerStateError(f'its parameters differ from the model\'s: missing {missing[:5]}, '
                                   f'unexpected {unexpected[:5]}')
-    layouts_equal = [g.get('param_names') for g in saved['param_groups']] == \
-        [g['param_names'] for g in current['param_groups']]
-    if named and layouts_equal:
+    if named:
+        saved_layout = [g.get('param_names') for g in saved['param_groups']]
+        if saved_layout != [g['param_names'] for g in current['param_groups']]:
+            raise OptimizerStateError(f"its parameter groups are not this optimizer's ({len(saved_layout)} "
+                                      f"groups, here {len(current['param_groups'])}, or another order)")
         optimizer.load_state_dict(saved)
         return 'exact'
 
@@ -191,13 +183,8 @@ def load_optimizer_state(optimizer, saved):
         if 'step' in values and not isinstance(values['step'], torch.Tensor):
             values['step'] = torch.tensor(float(values['step']), dtype=torch.float32)  # old torch: a number
         state[our_ids[name]] = values
-    saved_groups = {g.get('name'): g for g in saved['param_groups']} if named else {}
-    groups = []
-    for group in current['param_groups']:
-        settings = {k: v for k, v in saved_groups.get(group['name'], {}).items() if k not in ('params', 'param_names')}
-        groups.append({**group, **settings, 'params': group['params'], 'param_names': group['param_names']})
-    optimizer.load_state_dict({'state': state, 'param_groups': groups})
-    return 'by name' if named else 'original'
+    optimizer.load_state_dict({'state': state, 'param_groups': current['param_groups']})
+    return 'original'
 
 
 def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
@@ -216,13 +203,10 @@ def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
         how = 'fresh'
         notes.append((logging.WARNING, f'the optimizer state of the checkpoint cannot be used ({e}): starting '
                                        'from a fresh optimizer (AdamW moments reset)'))
-    if how == 'by name':
-        notes.append((logging.INFO, 'optimizer state saved with another parameter-group order: mapped by '
-                                    'parameter name'))
     if how == 'original':
         notes.append((logging.INFO, 'optimizer state of the original code: mapped through its parameter-group '
                                     'layout; the LR schedule is recomputed from the config'))
-    if how in ('exact', 'by name') and isinstance(state.get('lr_scheduler'), dict):
+    if how == 'exact' and isinstance(state.get('lr_scheduler'), dict):
         lr_scheduler.load_state_dict(state['lr_scheduler'])
     lr_scheduler.step_update(num_updates)  # the LR of the next update (what the saved groups held)
     if 'amp' in state:

@@ -33,8 +33,8 @@ import torch
 
 from data import build_val_loader
 from logger import create_logger
-from sweep_drop import (build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, run_script,
-                        write_atomically)
+from training import run_script
+from experiments import build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, write_atomically
 from utils import all_reduce_sum, init_distributed_mode
 from viz.common import save_figure
 from viz.patch_distribution import centre_and_corners, plot_patch_distribution
@@ -62,7 +62,7 @@ def count_kept_positions(model, data_loader, drop_ratios, device):
     return counts, num_images
 
 
-def main(config, args):
+def main(config, args, on_exit):
     rank, world_size, _, device = init_distributed_mode()
     logger = create_logger(None, rank, name=config.MODEL.NAME)
     path = checkpoint_path(config)
@@ -103,7 +103,7 @@ def main(config, args):
 
 
 def run(argv=None):
-    return run_script(main, get_parser(__doc__, DISTRIBUTION_DROP_RATIOS), argv)
+    return run_script(get_parser(__doc__, DISTRIBUTION_DROP_RATIOS), main, argv)
 
 
 if __name__ == '__main__':

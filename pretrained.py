@@ -4,8 +4,10 @@
     weights.state_dict, weights.format, weights.dropped
     check_family(weights, model, spec)                # CheckpointError when the parts differ
 
-checkpoint.load_pretrained calls both, then resizes position terms and loads. Formats, recognised
-from the keys (and from the `{'model': ...}` wrapper around them):
+    missing, unexpected = load_pretrained(spec, model, logger)   # all of it, for --pretrained
+
+load_pretrained reads and checks, then resizes position terms and loads. Formats, recognised from
+the keys (and from the `{'model': ...}` wrapper around them):
 
 | format | recognised by | conversion |
 |---|---|---|
@@ -23,18 +25,23 @@ from the keys (and from the `{'model': ...}` wrapper around them):
 `.safetensors` files are read with the safetensors library (no pickle at all). `timm:<model_name>`
 asks timm for its pretrained weights (a download from the Hugging Face Hub, so it needs internet).
 """
+import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from checkpoint import CheckpointError, load_checkpoint_file
+from checkpoint import (CheckpointError, encoder_weights, extract_state_dict, is_rebuilt, listing,
+                        load_checkpoint_file, shape_mismatches)
+from utils import first_n
 
 TIMM_PREFIX = 'timm:'
-_WRAPPERS = ('model', 'module', 'state_dict')  # where MAE / DeiT / BEiT / SimMIM keep the weights
+SHARED_TABLE = 'rel_pos_bias.relative_position_bias_table'
 _FIRST_KEYS = 8  # keys listed in a message (the first of a file that is not a known format, ...)
+_logger = logging.getLogger(__name__)
 # timm ViT parts this model does not have: loading around them would silently change the network.
 _FOREIGN_PARTS = re.compile(r'^(norm_pre\.|reg_token|attn_pool\.)|\.(q_norm|k_norm|norm)\.|\.ls\d\.')
 
@@ -88,19 +95,6 @@ def _read_safetensors(path):
         raise CheckpointError(f"checkpoint '{path}' cannot be read as safetensors: {e}") from None
 
 
-def _unwrap(checkpoint, path):
-    """(state dict, the wrapper dict or None) from what torch.load returned."""
-    if isinstance(checkpoint, dict):
-        for key in _WRAPPERS:
-            if isinstance(checkpoint.get(key), dict):
-                return dict(checkpoint[key]), checkpoint
-        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return dict(checkpoint), None
-    keys = list(checkpoint)[:_FIRST_KEYS] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    raise CheckpointError(f"checkpoint '{path}' holds no model weights: expected {{'model': state_dict}} "
-                          f'or a bare state dict, found {keys}')
-
-
 # --- recognising and converting --------------------------------------------------------------------
 def _drop(state_dict, dropped, test):
     for key in [k for k in state_dict if test(k)]:
@@ -111,11 +105,9 @@ def _drop(state_dict, dropped, test):
 def _convert(state_dict, wrapper, source, path):
     """Pretrained(...) in our names; `source` is 'timm vision_transformer' / 'timm beit' or None."""
     sd, dropped = dict(state_dict), []
-    if any(k.startswith('encoder.') for k in sd):
-        # The rest (the SimMIM decoder) is dropped; encoder.mask_token stays an unexpected key.
-        _drop(sd, dropped, lambda k: not k.startswith('encoder.'))
-        sd = {k[len('encoder.'):]: v for k, v in sd.items()}
-        return Pretrained(sd, 'SimMIM pre-training', dropped)
+    encoder = encoder_weights(sd)
+    if encoder is not None:  # the decoder is dropped; encoder.mask_token stays an unexpected key
+        return Pretrained(encoder, 'SimMIM pre-training', [k for k in sd if not k.startswith('encoder.')])
     if 'patch_embed.proj.weight' not in sd or 'blocks.0.attn.qkv.weight' not in sd:
         keys = ', '.join(list(state_dict)[:_FIRST_KEYS])
         raise CheckpointError(f"checkpoint '{path}' is not a ViT checkpoint --pretrained knows (SimMIM, BEiT, MAE, "
@@ -159,7 +151,7 @@ def read_pretrained(spec, trusted=False):
         return _convert(state_dict, None, f'timm {kind}', spec)
     if spec.endswith('.safetensors'):
         return _convert(_read_safetensors(spec), None, None, spec)
-    state_dict, wrapper = _unwrap(load_checkpoint_file(spec, trusted), spec)
+    state_dict, wrapper = extract_state_dict(load_checkpoint_file(spec, trusted), spec)
     return _convert(state_dict, wrapper, None, spec)
 
 
@@ -216,7 +208,164 @@ def format_report(weights):
     """Log lines: the format recognised, and what was dropped."""
     lines = [f'recognised the format: {weights.format}']
     if weights.dropped:
-        more = f' (+{len(weights.dropped) - _FIRST_KEYS} more)' if len(weights.dropped) > _FIRST_KEYS else ''
         lines.append(f'dropped {len(weights.dropped)} keys not used for fine-tuning: '
-                     f"{', '.join(weights.dropped[:_FIRST_KEYS])}{more}")
+                     f'{first_n(weights.dropped, _FIRST_KEYS)}')
     return lines + weights.converted
+
+
+# --- resizing position terms ---------------------------------------------------------------------
+def _geometric_positions(src_half, dst_half):
+    """Where the source offsets -src_half..src_half sit on the destination axis -dst_half..dst_half.
+
+    BEiT's geometric rule: offsets 0 and +-1 stay where they are and the gap between neighbouring
+    offsets changes by a constant ratio q, chosen so the outermost offset lands on +-dst_half. Near
+    offsets, which carry most of the bias, keep their meaning; far ones stretch (or shrink). Where
+    the rule cannot apply (fewer than two offsets a side) the axis is scaled uniformly.
+    """
+    if src_half == dst_half:
+        steps = [1.0] * src_half
+    elif src_half < 2 or dst_half < 2:
+        steps = [dst_half / max(src_half, 1)] * src_half
+    else:
+        def reach(q):  # 1 + q + ... + q^(src_half - 1): increasing in q
+            return sum(q ** i for i in range(src_half))
+        low, high = 0.0, 2.0
+        while reach(high) < dst_half:
+            high *= 2
+        for _ in range(100):
+            mid = (low + high) / 2
+            low, high = (mid, high) if reach(mid) < dst_half else (low, mid)
+        q = (low + high) / 2
+        steps = [q ** i for i in range(src_half)]
+    right = [sum(steps[:i + 1]) for i in range(src_half)]
+    if right:
+        right[-1] = float(dst_half)  # exactly on the edge: the spline is never asked to extrapolate
+    return [-x for x in reversed(right)] + [0.0] + right
+
+
+def resize_rel_pos_bias_table(table, src_grid, dst_grid):
+    """A relative position bias table for patch grid `src_grid` (h, w) resized to `dst_grid`.
+
+    table: [(2h-1)(2w-1) + 3, heads] -> [(2H-1)(2W-1) + 3, heads]. The (2h-1) x (2w-1) offset part
+    of each head is resampled with BEiT's geometric placement (see _geometric_positions) and an
+    interpolating bicubic spline (scipy's RectBivariateSpline: scipy.interpolate.interp2d, which BEiT
+    used, no longer exists); the last three rows (cls-to-token, token-to-cls, cls-to-cls) are kept.
+    Offsets 0 and +-1 keep their values exactly; a constant table stays constant.
+    """
+    from scipy.interpolate import RectBivariateSpline  # only needed when a grid differs
+
+    (h, w), (dst_h, dst_w) = src_grid, dst_grid
+    if min(h, w, dst_h, dst_w) < 2:
+        raise ValueError(f'cannot resize a relative position bias table from a {h}x{w} to a '
+                         f'{dst_h}x{dst_w} grid: every side needs at least 2 patches')
+    num_heads = table.shape[1]
+    if table.shape[0] != (2 * h - 1) * (2 * w - 1) + 3:
+        raise ValueError(f'a table of {table.shape[0]} rows does not belong to a {h}x{w} grid')
+    offsets = table[:-3].detach().cpu().double().reshape(2 * h - 1, 2 * w - 1, num_heads).numpy()  # [dy, dx, heads]
+    ys, xs = _geometric_positions(h - 1, dst_h - 1), _geometric_positions(w - 1, dst_w - 1)
+    new_ys = torch.arange(-(dst_h - 1), dst_h, dtype=torch.float64).numpy()
+    new_xs = torch.arange(-(dst_w - 1), dst_w, dtype=torch.float64).numpy()
+    ky, kx = min(3, len(ys) - 1), min(3, len(xs) - 1)  # cubic where there are enough points (a 2-patch side has 3)
+    heads = [torch.from_numpy(RectBivariateSpline(ys, xs, offsets[:, :, head], kx=kx, ky=ky, s=0)(new_ys, new_xs))
+             .reshape(-1) for head in range(num_heads)]  # each [(2H-1)(2W-1)]
+    resized = torch.stack(heads, dim=1).to(table.dtype)  # [(2H-1)(2W-1), heads]
+    return torch.cat([resized, table[-3:].detach().cpu()], dim=0)
+
+
+def resize_pos_embed(pos_embed, src_grid, dst_grid, num_prefix_tokens=1):
+    """An absolute position embedding [1, prefix + h*w, D] resized to [1, prefix + H*W, D].
+
+    The patch part is resampled bicubically (as MAE's interpolate_pos_embed); the CLS part is kept.
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    patches = patches.reshape(1, src_grid[0], src_grid[1], dim).permute(0, 3, 1, 2)  # [1, D, h, w]
+    patches = F.interpolate(patches.float(), size=tuple(dst_grid), mode='bicubic', align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, dst_grid[0] * dst_grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def _square_grid(num_patches, what, path):
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointError(f"checkpoint '{path}': {what} does not fit a square patch grid "
+                              f'({num_patches} patches), so it cannot be resized')
+    return side, side
+
+
+# --- loading ----------------------------------------------------------------------------------------
+def load_pretrained(path, model, logger=None, trusted=False):
+    """Initialise `model` from --pretrained `path` (read_pretrained, check_family), its position
+    terms resized to the model's grid and a shared bias table copied into per-block ones; a classifier
+    or final norm of another shape stays initialised, any other mismatch is a CheckpointError.
+    Logs what it did; returns (missing_keys, unexpected_keys), relative_position_index not counted."""
+    logger = logger or _logger
+    weights = read_pretrained(path, trusted)
+    logger.info(f"loading pretrained weights from '{path}'")
+    for line in format_report(weights):
+        logger.info(f'pretrained: {line}')
+    check_family(weights, model, path)
+    state_dict = {k: v for k, v in weights.state_dict.items() if not is_rebuilt(k)}
+    model_state = model.state_dict()
+
+    block_tables = [k for k in model_state if re.fullmatch(r'blocks\.\d+\.attn\.relative_position_bias_table', k)]
+    if SHARED_TABLE in state_dict and SHARED_TABLE not in model_state and block_tables:
+        shared = state_dict.pop(SHARED_TABLE)
+        for key in block_tables:
+            state_dict.setdefault(key, shared.clone())
+        logger.info(f'copied the shared relative position bias table into {len(block_tables)} blocks')
+
+    grid = tuple(model.patch_embed.grid_size)
+    for key in [k for k in state_dict if k.endswith('relative_position_bias_table')]:
+        source, target = state_dict[key], model_state.get(key)
+        if target is None or source.shape == target.shape or source.shape[1:] != target.shape[1:]:
+            continue  # unexpected, already right, or another number of heads (reported below)
+        src_side = math.isqrt(source.shape[0] - 3)
+        if src_side * src_side != source.shape[0] - 3 or src_side % 2 == 0:
+            raise CheckpointError(f"checkpoint '{path}': {key} has {source.shape[0]} rows, which is not "
+                                  '(2s-1)^2 + 3 for a square grid of side s, so it cannot be resized')
+        src_grid = ((src_side + 1) // 2,) * 2
+        state_dict[key] = resize_rel_pos_bias_table(source, src_grid, grid)
+        logger.info(f'{key}: resized from a {src_grid[0]}x{src_grid[1]} to a {grid[0]}x{grid[1]} patch grid')
+
+    if 'pos_embed' in state_dict and 'pos_embed' in model_state:
+        source, target = state_dict['pos_embed'], model_state['pos_embed']
+        if source.shape != target.shape and source.shape[-1] == target.shape[-1]:
+            src_grid = _square_grid(source.shape[1] - 1, 'pos_embed', path)
+            state_dict['pos_embed'] = resize_pos_embed(source, src_grid, grid)
+            logger.info(f'pos_embed: resized from a {src_grid[0]}x{src_grid[1]} to a {grid[0]}x{grid[1]} grid')
+
+    for prefix in ('head.', 'fc_norm.', 'norm.'):
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        differs = [k for k in keys if k in model_state and state_dict[k].shape != model_state[k].shape]
+        if prefix == 'head.' and any(k not in model_state for k in keys):
+            differs = keys  # the model has no classifier of this form (e.g. num_classes 0)
+        if differs:
+            for key in keys:
+                del state_dict[key]
+            logger.info(f'not loading {prefix}* (shape differs from the model): left as initialised')
+
+    mismatched = shape_mismatches(model_state, state_dict)
+    if mismatched:
+        raise CheckpointError(f"checkpoint '{path}' does not fit the model: {listing('shape mismatches', mismatched)}")
+    # Only the classifier, its norm and position terms may stay initialised; a checkpoint missing
+    # any of the backbone (patch embedding, blocks) is for another architecture.
+    optional = ('head.', 'fc_norm.', 'norm.', 'pos_embed', 'rel_pos_bias.')
+    missing_backbone = sorted(k for k in model_state if k not in state_dict and not is_rebuilt(k)
+                              and not k.startswith(optional))
+    if missing_backbone:
+        unexpected = sorted(set(state_dict) - set(model_state))
+        problems = [listing(kind, items) for kind, items in
+                    (('missing keys', missing_backbone), ('unexpected keys', unexpected)) if items]
+        raise CheckpointError(f"checkpoint '{path}' is not a pretrained encoder of this model (another "
+                              f"architecture?): {'; '.join(problems)}")
+
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not is_rebuilt(k)]
+    unexpected = list(result.unexpected_keys)
+    if missing:
+        logger.warning(f'pretrained: {listing("missing keys (left as initialised)", missing)}')
+    if unexpected:
+        logger.warning(f'pretrained: {listing("unexpected keys (ignored)", unexpected)}')
+    logger.info(f"loaded pretrained weights from '{path}'")
+    return missing, unexpected

@@ -17,6 +17,7 @@ import socket
 import yaml
 
 from config import ConfigError, get_default_config
+from utils import first_n
 
 LOCK_NAME = 'run.lock'
 # save_checkpoint's temporary files (.<name>.<pid>.<hex id>.tmp) and truncate_logs' (<log>.tmp)
@@ -237,12 +238,11 @@ def check_same_run(state, path, config, world_size, steps_per_epoch, log=logger)
                            'now (another dataset, or DATA.SKIP_BAD_IMAGES?)')
     if not differences:
         return []
-    shown = '; '.join(differences[:_MAX_LISTED])
-    more = f' (+{len(differences) - _MAX_LISTED} more)' if len(differences) > _MAX_LISTED else ''
+    shown = first_n(differences, _MAX_LISTED, '; ')
     if config.TRAIN.ALLOW_CONFIG_CHANGE:
-        log.warning(f"resuming '{path}' with a changed run (TRAIN.ALLOW_CONFIG_CHANGE): {shown}{more}")
+        log.warning(f"resuming '{path}' with a changed run (TRAIN.ALLOW_CONFIG_CHANGE): {shown}")
         return differences
     raise RunFolderError(
-        f"checkpoint '{path}' belongs to another run: {shown}{more}. A resume continues the same run: "
+        f"checkpoint '{path}' belongs to another run: {shown}. A resume continues the same run: "
         'to start a new one, write to another folder (--tag or --output); to continue this checkpoint '
         'with the new settings on purpose, add --opts TRAIN.ALLOW_CONFIG_CHANGE True')

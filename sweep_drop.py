@@ -9,7 +9,7 @@
 Flags are main_finetune.py's (--cfg, --opts, --batch-size, --data-path, --output, --tag,
 --amp-opt-level, --trust-checkpoint); --pretrained (or --resume) names the checkpoint to evaluate,
 which must fit the configured network exactly ({'model': state_dict} or a bare state dict, as
-main_finetune.py writes them). `pss_vit` and baseline `vit` checkpoints alike; TRAIN.PATCH_DROP_FUNC
+main_finetune.py writes them). MODEL.TYPE `pss_vit` and `vit` are the same network; TRAIN.PATCH_DROP_FUNC
 chooses the selection. Default drop ratios: 0.0, 0.1, ..., 0.8.
 
 Writes <output>/<MODEL.NAME>/<TAG>/sweep_drop.json (rank 0; rewritten atomically after every ratio,
@@ -28,98 +28,23 @@ first call. A table row is printed per ratio as it finishes.
 
 With TRAIN.PATCH_DROP_FUNC random the kept patches are random draws, so the accuracies then depend
 on the seed and the number of processes; magnitude selection is deterministic.
-
-Also home of the pieces image_patches.py and patch_distribution.py share: the parser, the
-checkpoint-and-data setup and the error handling.
 """
-import argparse
 import json
 import os
 import sys
 
 import torch
 
-from checkpoint import CheckpointError, load_model_weights
-from config import ConfigError, get_config
-from data import DataError, build_val_loader
+from data import build_val_loader
 from engine import evaluate
+from experiments import build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, write_atomically
 from logger import create_logger
-from main_finetune import EXIT_BAD_INPUT
-from main_finetune import get_parser as get_finetune_parser
-from models import build_model
-from utils import LaunchError, all_gather_object, autocast_dtype, init_distributed_mode, synchronize
+from training import run_script
+from utils import all_gather_object, autocast_dtype, init_distributed_mode, synchronize
 
 SWEEP_DROP_RATIOS = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0, 0.1, ..., 0.8
 WARMUP_STEPS = 2  # forward passes on one batch before each ratio is timed
 OUTPUT_FILE = 'sweep_drop.json'
-
-
-# --- shared by sweep_drop.py, image_patches.py and patch_distribution.py ------------------------
-def get_parser(doc, drop_ratios):
-    """main_finetune.py's parser (so the flags never drift) plus --drop-ratios."""
-    parser = get_finetune_parser()
-    parser.prog = os.path.basename(sys.argv[0]) or parser.prog
-    parser.description = doc
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    # The flag is the same; what it names differs from training (there: weights to start from).
-    parser._option_string_actions['--pretrained'].help = 'checkpoint to evaluate (or --resume)'
-    parser.add_argument('--drop-ratios', type=float, nargs='+', default=list(drop_ratios), metavar='D',
-                        help=f'drop ratios to evaluate, each in [0, 1) (default: {" ".join(map(str, drop_ratios))})')
-    return parser
-
-
-def checkpoint_path(config):
-    """The checkpoint to evaluate: --pretrained, or --resume; checked for existence before the
-    (possibly long) image verification."""
-    paths = {p for p in (config.PRETRAINED, config.MODEL.RESUME) if p}
-    if not paths:
-        raise ConfigError('no checkpoint to evaluate: pass --pretrained <checkpoint.pth>')
-    if len(paths) > 1:
-        raise ConfigError(f"--pretrained '{config.PRETRAINED}' and --resume '{config.MODEL.RESUME}' name "
-                          'two checkpoints; pass one checkpoint to evaluate')
-    path = paths.pop()
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' not found" if not os.path.exists(path)
-                              else f"checkpoint '{path}' is not a file")
-    return path
-
-
-def build_model_from_checkpoint(path, config, num_classes, device):
-    """The configured network with the weights of checkpoint `path`, in eval mode on `device`."""
-    model = build_model(config, num_classes=num_classes)
-    load_model_weights(path, model, trusted=config.TRUST_CHECKPOINT)
-    return model.to(device).eval()
-
-
-def check_drop_ratios(model, drop_ratios):
-    """ConfigError unless every drop ratio is in [0, 1) and keeps at least one patch besides CLS."""
-    for drop_ratio in drop_ratios:
-        if not 0.0 <= drop_ratio < 1.0:
-            raise ConfigError(f'--drop-ratios: {drop_ratio} is outside [0, 1) (rho = 1 - drop ratio)')
-        if model.num_kept_tokens(drop_ratio) < 2:  # CLS alone: the mean over kept patches is empty
-            raise ConfigError(f'--drop-ratios: {drop_ratio} keeps no patch of the {model.num_tokens - 1} '
-                              f'(round((1 - {drop_ratio}) * {model.num_tokens}) tokens = CLS only)')
-
-
-def write_atomically(path, text):
-    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def run_script(main, parser, argv=None):
-    """Parse, resolve the config, run main(config, args); bad input prints one line, status 2."""
-    args = parser.parse_args(argv)
-    try:
-        return main(get_config(args), args)
-    except (ConfigError, DataError, CheckpointError, LaunchError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 # --- the sweep ----------------------------------------------------------------------------------
@@ -133,7 +58,7 @@ def warm_up(model, images, amp_dtype, steps=WARMUP_STEPS):
     synchronize(images.device)
 
 
-def main(config, args):
+def main(config, args, on_exit):
     rank, world_size, _, device = init_distributed_mode()
     amp_dtype = autocast_dtype(config.AMP_OPT_LEVEL, device, config.AMP_DTYPE)
     logger = create_logger(None, rank, name=config.MODEL.NAME)
@@ -181,7 +106,7 @@ def main(config, args):
 
 
 def run(argv=None):
-    return run_script(main, get_parser(__doc__, SWEEP_DROP_RATIOS), argv)
+    return run_script(get_parser(__doc__, SWEEP_DROP_RATIOS), main, argv)
 
 
 if __name__ == '__main__':

@@ -1,93 +1,467 @@
-"""The state a training script carries from step to step, and how it is checkpointed and resumed.
-`main_finetune.py` and `main_simmim.py` share it, so both resume the same way:
+"""The training loop main_finetune.py and main_simmim.py share, and the command-line frame of every script.
 
-    run = TrainingRun(optimizer, lr_scheduler, patch_scheduler, scaler, steps_per_epoch)
-    start_epoch, start_step = run.resume(state, path, model, config, world_size, rank, logger)
-    ...                                       # train; run.epoch_loss is train_log.json's `loss`
-    run.write_checkpoint(bare_model, config, world_size, epoch, step_in_epoch, epoch_file)  # every rank
+    def main(config, args, on_exit):                     # run through run_script(parser, main)
+        stop = on_exit.enter_context(StopRequest())       # SIGTERM / SIGINT: checkpoint, exit 3
+        lock_run_folder(config, rank, logger, on_exit)    # one run per folder
+        ...                                               # the script's own data, model, optimizer
+        run_state = TrainingRun(config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size)
+        run_state.resume(logger)                          # --resume, or the folder's newest checkpoint
+        logger = run_state.open_folder(logger)            # from here on the folder is written
+        return run_state.train(TrainStep(...), data_loader, stop, set_rho=..., validate=...)
 
-A checkpoint holds `model`, `optimizer`, `lr_scheduler`, `scaler`, `patch_scheduler`, `epoch`,
-`step_in_epoch` (optimizer steps done in `epoch`), `max_accuracy`, `config` (YAML text),
-`epoch_loss` (sum and count behind the running mean), `world_size`, `steps_per_epoch` and `rng`
-(every process's RNG states).
+A checkpoint holds `model`, `optimizer`, `lr_scheduler`, `scaler`, `patch_scheduler` (`step_count`:
+optimizer steps so far, which the patch schedule is a function of), `epoch`, `step_in_epoch`,
+`max_accuracy`, `config` (YAML text), `epoch_loss` (sum and count behind the running mean),
+`world_size`, `steps_per_epoch` and `rng` (every process's RNG states).
 """
+import argparse
+import contextlib
+import datetime
+import json
+import math
 import os
+import random
+import signal
+import sys
+import time
 
-from checkpoint import prune_checkpoints, save_checkpoint
-from engine import AverageMeter
+import numpy as np
+import torch
+
+from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file, prune_checkpoints,
+                        save_checkpoint)
+from config import ConfigError, get_config
+from data import DataError, set_train_epoch
+from logger import create_logger
 from optimizer import resume_optimizer
-from run_folder import check_same_run
-from utils import all_gather_object, barrier, get_rank, get_rng_state, set_rng_state
+from run_folder import RunFolderError, RunLock, check_same_run, remove_stale_tmp_files
+from utils import (LaunchError, all_gather_object, all_reduce_sum, barrier, get_rank, get_rng_state, get_world_size,
+                   memory_mb, set_rng_state, synchronize)
+
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 3
+PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm (.pth or .safetensors), '
+                   'or timm:<model_name>')
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says where."""
+
+
+class AverageMeter:
+    def __init__(self):
+        self.val = self.sum = self.count = 0.0
+
+    @property
+    def avg(self):
+        return self.sum / max(self.count, 1)
+
+    def update(self, val, n=1):
+        self.val = val
+        self.sum += val * n
+        self.count += n
+
+
+# --- the command line ------------------------------------------------------------------------------
+def finetune_parser(pretrained_help=PRETRAINED_HELP, **kwargs):
+    """main_finetune.py's flags, which the experiment scripts take too (there --pretrained names
+    the weights to evaluate: their `pretrained_help`); `kwargs` go to ArgumentParser."""
+    parser = argparse.ArgumentParser(**kwargs)
+    parser.add_argument('--cfg', type=str, required=True, metavar='FILE', help='path to the config file')
+    parser.add_argument('--opts', default=None, nargs='+', help='override config options: KEY VALUE pairs')
+    parser.add_argument('--batch-size', type=int, help='batch size per process')
+    parser.add_argument('--data-path', type=str, help='dataset root with train/ and val/')
+    parser.add_argument('--pretrained', type=str, help=pretrained_help)
+    parser.add_argument('--resume', help='checkpoint to resume from (or to evaluate with --eval); when given, it '
+                        'is used even if the output folder holds newer checkpoints (auto-resume is skipped)')
+    parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step (at least 1)')
+    parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')
+    parser.add_argument('--amp-opt-level', type=str, choices=['O0', 'O1', 'O2'],
+                        help='O0: fp32; O1 / O2: native mixed precision on CUDA')
+    parser.add_argument('--output', default='output', type=str, metavar='PATH',
+                        help='root of the output folder <output>/<MODEL.NAME>/<TAG>')
+    parser.add_argument('--tag', help='run tag')
+    parser.add_argument('--eval', action='store_true', help='only validate the --resume checkpoint')
+    parser.add_argument('--throughput', action='store_true', help='only measure model throughput')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow checkpoints that pickle Python objects (old releases): only for files you trust')
+    # Legacy launcher flag: torch.distributed.launch used to pass it; the environment is what counts.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def run_script(parser, main, argv=None):
+    """Parse `argv`, resolve the config and return main(config, args, on_exit), where `on_exit` (an
+    ExitStack) is closed however main ends. A user's error is one `error:` line and EXIT_BAD_INPUT;
+    a non-finite loss returns 1. The process group, if any, is left at the end."""
+    args = parser.parse_args(argv)
+    try:
+        with contextlib.ExitStack() as on_exit:
+            return main(get_config(args), args, on_exit)
+    except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class StopRequest:
+    """While active, SIGTERM / SIGINT only set a flag, which the training loop asks after every step.
+    With several processes asking is a collective (all ranks stop at the same step), so it reduces
+    only every `check_every`-th call, and always in `any_rank()`."""
+
+    def __init__(self, check_every=10):
+        self.requested = False
+        self.signal_name = ''
+        self.check_every = check_every
+        self._calls = 0
+        self._previous = {}
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __call__(self):
+        if get_world_size() == 1:
+            return self.requested
+        self._calls += 1
+        return self._calls % self.check_every == 0 and self.any_rank()
+
+    def any_rank(self):
+        """Whether any rank got a signal (a collective: every rank must call it)."""
+        if get_world_size() == 1:
+            return self.requested
+        # NCCL (the backend whenever CUDA is there) reduces CUDA tensors only
+        flag = torch.tensor([float(self.requested)], device='cuda' if torch.cuda.is_available() else 'cpu')
+        return bool(all_reduce_sum(flag).item() > 0)
+
+    def reason(self):
+        return self.signal_name or 'stop request'
+
+
+# --- the run folder --------------------------------------------------------------------------------
+def check_output_writable(path):
+    """Raise OSError unless `path` exists as a writable folder or could be created as one."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OSError(f"output folder '{path}' cannot be created: '{existing}' is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(f"output folder '{path}' cannot be written: no write permission on '{existing}'")
+
+
+def lock_run_folder(config, rank, logger, on_exit):
+    """Hold config.OUTPUT (rank 0 takes its lock) until `on_exit` closes; every rank raises OSError
+    or RunFolderError when it cannot be written or another run holds it. Only the lock is written."""
+    check_output_writable(config.OUTPUT)
+    lock, error = (RunLock(config.OUTPUT, logger), None) if rank == 0 else (None, None)
+    if lock is not None:
+        try:
+            lock.acquire()
+            on_exit.callback(lock.release)
+        except RunFolderError as e:
+            error = str(e)
+    error = all_gather_object(error)[0]
+    if error:
+        raise RunFolderError(error)
+
+
+def truncate_logs(output_dir, global_step, epoch):
+    """Drop log lines written after the checkpoint being resumed, so each appears exactly once."""
+    for name, keep in (('train_log.json', lambda r: r['iteration'] < global_step),
+                       ('val_log.json', lambda r: r['epoch'] < epoch)):
+        path = os.path.join(output_dir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if keep(json.loads(line)):
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut short by the crash
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+def training_state(path, state, model):
+    """Check that `state` (read from `path`) is a training checkpoint for `model`."""
+    if not isinstance(state, dict) or 'model' not in state:
+        raise CheckpointError(f"checkpoint '{path}' holds no 'model' state dict: not a training checkpoint")
+    if 'optimizer' in state and (isinstance(state.get('epoch'), bool) or not isinstance(state.get('epoch'), int)):
+        raise CheckpointError(f"checkpoint '{path}' holds an optimizer state but no integer 'epoch'")
+    check_state_dict(model, state['model'], path)
+    return state
+
+
+def find_resume_checkpoint(config, model, logger):
+    """(path, state) to resume from, or (None, None): --resume when given (an explicit choice wins, and
+    must be readable and fit), else the newest readable checkpoint in the output folder."""
+    trusted = config.TRUST_CHECKPOINT
+    if config.MODEL.RESUME:
+        path = config.MODEL.RESUME
+        own = [p for p in find_checkpoints(config.OUTPUT) if os.path.abspath(p) != os.path.abspath(path)]
+        if config.TRAIN.AUTO_RESUME and own:
+            logger.warning(f'--resume {path} is used, not the checkpoints in the output folder ({own[0]} ...): '
+                           'an explicit --resume wins over auto-resume')
+        return path, training_state(path, load_checkpoint_file(path, trusted), model)
+    if config.TRAIN.AUTO_RESUME:
+        for path in find_checkpoints(config.OUTPUT):
+            try:
+                state = load_checkpoint_file(path, trusted=trusted)
+            except CheckpointError as e:
+                logger.warning(f'auto-resume: {e}; trying the previous checkpoint')
+                continue
+            return path, training_state(path, state, model)
+    return None, None
+
+
+# --- the run ---------------------------------------------------------------------------------------
+def optimizer_steps_per_epoch(data_loader, config):
+    """Full optimizer steps of TRAIN.ACCUMULATION_STEPS batches per epoch; DataError if none."""
+    accum = max(1, config.TRAIN.ACCUMULATION_STEPS)
+    steps = len(data_loader) // accum
+    if steps == 0:
+        raise DataError(f'{len(data_loader)} batches per epoch cannot make one optimizer step of '
+                        f'{accum} accumulated batches')
+    return steps
 
 
 class TrainingRun:
-    """Optimizer, schedulers, grad scaler, the epoch's running loss and the best accuracy so far."""
+    """The state a training script carries from step to step and checkpoints: the bare `model`,
+    optimizer, LR scheduler, grad scaler, the epoch's running loss, the best accuracy so far and the
+    optimizer steps done (`step_count`), and the loop over epochs and steps."""
 
-    def __init__(self, optimizer, lr_scheduler, patch_scheduler, scaler, steps_per_epoch):
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.patch_scheduler, self.scaler = patch_scheduler, scaler
-        self.steps_per_epoch = steps_per_epoch
+    def __init__(self, config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size):
+        self.config, self.model, self.optimizer = config, model, optimizer
+        self.lr_scheduler, self.scaler = lr_scheduler, scaler
+        self.steps_per_epoch, self.world_size, self.rank = steps_per_epoch, world_size, get_rank()
         self.epoch_loss = AverageMeter()  # the running mean of this epoch's step losses
         self.max_accuracy = 0.0
-        self.resumed_global_step = 0  # optimizer steps the resumed checkpoint had done
+        self.step_count = 0  # optimizer steps done: where the patch schedule stands
+        self.start_epoch, self.start_step = config.TRAIN.START_EPOCH, 0
+        self.resumed_global_step = 0  # the log lines from this step on are dropped
+        self.resumed = False
         self.notes = []  # (level, message) of the resume, to log once the run's log file exists
+        self.logger, self.train_log = None, None
 
-    def resume(self, state, path, model, config, world_size, rank, logger):
-        """Continue from `state` (read from `path`, or None for a new run); returns (start_epoch,
-        start_step). A training checkpoint must be of the same run (run_folder.check_same_run);
-        one with weights only just initialises the model."""
-        start_epoch, start_step = config.TRAIN.START_EPOCH, 0
-        if state is None:
-            return start_epoch, start_step
+    # --- resume ------------------------------------------------------------------------------------
+    def resume(self, logger):
+        """Continue from --resume or the output folder's newest readable checkpoint, if there is one:
+        check that it fits the model and belongs to this run (run_folder.check_same_run), restore it,
+        and drop the log lines written after it (rank 0)."""
+        path, state = find_resume_checkpoint(self.config, self.model, logger)
+        if state is not None:
+            self._restore(path, state, logger)
+        if self.rank == 0:
+            truncate_logs(self.config.OUTPUT, self.resumed_global_step, self.start_epoch)
+
+    def _restore(self, path, state, logger):
+        spe = self.steps_per_epoch
         if 'optimizer' in state:
-            check_same_run(state, path, config, world_size, self.steps_per_epoch, logger)
-        model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
+            check_same_run(state, path, self.config, self.world_size, spe, logger)
+        self.model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {path}')
+        self.resumed = True
         if 'optimizer' not in state:  # weights only: the run starts at TRAIN.START_EPOCH
-            self.resumed_global_step = start_epoch * self.steps_per_epoch
-            return start_epoch, start_step
+            self.resumed_global_step = self.start_epoch * spe
+            return
         self.max_accuracy = state.get('max_accuracy', 0.0)
-        start_step = state.get('step_in_epoch', 0)  # steps_per_epoch: trained, not yet validated
-        start_epoch = state['epoch'] + (0 if start_step else 1)
+        self.start_step = state.get('step_in_epoch', 0)  # steps_per_epoch: trained, not yet validated
+        self.start_epoch = state['epoch'] + (0 if self.start_step else 1)
         # also the original's checkpoints (another optimizer layout, no scheduler states we can use)
         self.notes = resume_optimizer(self.optimizer, self.lr_scheduler, state,
-                                      start_epoch * self.steps_per_epoch + start_step)
+                                      self.start_epoch * spe + self.start_step)
         if 'scaler' in state:
             self.scaler.load_state_dict(state['scaler'])
-        if start_step and 'epoch_loss' in state:
+        if self.start_step and 'epoch_loss' in state:
             self.epoch_loss.sum, self.epoch_loss.count = state['epoch_loss']['sum'], state['epoch_loss']['count']
         if 'patch_scheduler' in state:
-            self.patch_scheduler.load_state_dict(state['patch_scheduler'])
+            self.step_count = int(state['patch_scheduler']['step_count'])
             self.resumed_global_step = state['patch_scheduler']['step_count']
-        else:
-            self.patch_scheduler.set_epoch(start_epoch)
-            self.resumed_global_step = start_epoch * state.get('steps_per_epoch', self.steps_per_epoch) + start_step
-        if 'rng' in state and len(state['rng']) == world_size:
-            set_rng_state(state['rng'][rank])
-        return start_epoch, start_step
+        else:  # the original's
+            self.step_count = self.start_epoch * spe
+            self.resumed_global_step = self.start_epoch * state.get('steps_per_epoch', spe) + self.start_step
+        if 'rng' in state and len(state['rng']) == self.world_size:
+            set_rng_state(state['rng'][self.rank])
 
+    # --- the run folder ----------------------------------------------------------------------------
+    def open_folder(self, logger, files=None):
+        """From here on the run folder is written: config.yaml and `files` ({name: text}), the log file
+        log_rank<r>.txt, train_log.json; temporary files of an interrupted write are removed. Returns
+        the logger, now writing to the folder too."""
+        config = self.config
+        if self.rank == 0:
+            os.makedirs(config.OUTPUT, exist_ok=True)
+        barrier()
+        logger = create_logger(config.OUTPUT, self.rank, name=config.MODEL.NAME)
+        if self.rank == 0:
+            for name, text in {'config.yaml': config.dump(), **(files or {})}.items():
+                with open(os.path.join(config.OUTPUT, name), 'w') as f:
+                    f.write(text)
+            remove_stale_tmp_files(config.OUTPUT, logger)  # safe: the lock keeps other runs out
+        logger.info(f'output folder {config.OUTPUT}; resuming at epoch {self.start_epoch}, step {self.start_step}'
+                    if self.resumed else f'output folder {config.OUTPUT}')
+        for level, note in self.notes:
+            logger.log(level, note)
+        self.logger, self.train_log = logger, self.open_log('train_log.json')
+        return logger
+
+    def open_log(self, name):
+        """The JSON-lines log `name` of the run folder, to append to (rank 0; None elsewhere)."""
+        return open(os.path.join(self.config.OUTPUT, name), 'a') if self.rank == 0 else None
+
+    # --- checkpoints -------------------------------------------------------------------------------
     def new_epoch(self):
         """The running loss starts afresh with every epoch (as the original's)."""
         self.epoch_loss = AverageMeter()
 
-    def state_dict(self, model, config, world_size, epoch, step_in_epoch):
-        """The checkpoint of the bare `model` after `step_in_epoch` steps of `epoch`. Every rank
-        calls it: the RNG states are gathered from all of them."""
-        return {'model': model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+    def state_dict(self, epoch, step_in_epoch):
+        """The checkpoint after `step_in_epoch` steps of `epoch`. Every rank calls it: the RNG states
+        are gathered from all of them."""
+        return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'lr_scheduler': self.lr_scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
-                'patch_scheduler': self.patch_scheduler.state_dict(), 'epoch': epoch,
-                'step_in_epoch': step_in_epoch, 'max_accuracy': self.max_accuracy, 'config': config.dump(),
+                'patch_scheduler': {'step_count': self.step_count}, 'epoch': epoch,
+                'step_in_epoch': step_in_epoch, 'max_accuracy': self.max_accuracy, 'config': self.config.dump(),
                 'epoch_loss': {'sum': self.epoch_loss.sum, 'count': self.epoch_loss.count},
-                'world_size': world_size, 'steps_per_epoch': self.steps_per_epoch,
+                'world_size': self.world_size, 'steps_per_epoch': self.steps_per_epoch,
                 'rng': all_gather_object(get_rng_state())}
 
-    def write_checkpoint(self, model, config, world_size, epoch, step_in_epoch, epoch_file=False):
+    def write_checkpoint(self, epoch, step_in_epoch, epoch_file=False):
         """checkpoint.pth (and with `epoch_file` ckpt_epoch_<epoch>.pth, pruned to
-        TRAIN.KEEP_CHECKPOINTS) in config.OUTPUT, written by rank 0; every rank calls it."""
-        state = self.state_dict(model, config, world_size, epoch, step_in_epoch)
-        if get_rank() == 0:
+        TRAIN.KEEP_CHECKPOINTS), written by rank 0; every rank calls it."""
+        state, output = self.state_dict(epoch, step_in_epoch), self.config.OUTPUT
+        if self.rank == 0:
             if epoch_file:
-                save_checkpoint(state, os.path.join(config.OUTPUT, f'ckpt_epoch_{epoch}.pth'))
-                prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
-            save_checkpoint(state, os.path.join(config.OUTPUT, 'checkpoint.pth'))
+                save_checkpoint(state, os.path.join(output, f'ckpt_epoch_{epoch}.pth'))
+                prune_checkpoints(output, self.config.TRAIN.KEEP_CHECKPOINTS)
+            save_checkpoint(state, os.path.join(output, 'checkpoint.pth'))
         barrier()
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def train(self, train_step, data_loader, stop, mixup_fn=None, set_rho=None, validate=None, what='training'):
+        """Every epoch from the resumed point on: its steps (train_epoch), a checkpoint, `validate(epoch)`
+        if given, then the epoch's checkpoint. Returns the exit status: 0, or EXIT_PREEMPTED after a
+        stop request (with a checkpoint to resume from)."""
+        config, logger, spe = self.config, self.logger, self.steps_per_epoch
+        logger.info(f'start {what}')
+        start_time = time.time()
+        start_step = self.start_step
+        for epoch in range(self.start_epoch, config.TRAIN.EPOCHS):
+            # the epoch's order is fixed by (SEED, epoch); a mid-epoch resume skips the batches already seen
+            set_train_epoch(data_loader, epoch, start_batch=start_step * train_step.accumulation_steps)
+            trained = start_step < spe  # else it was trained before the last stop, not validated
+            done = self.train_epoch(train_step, data_loader, epoch, start_step, stop, mixup_fn, set_rho) \
+                if trained else spe
+            start_step = 0
+            if done < spe:  # stopped by a signal
+                self.write_checkpoint(epoch, done)
+                logger.warning(f'{stop.reason()} received: checkpoint written at epoch {epoch}, '
+                               f'step {done}. Run the same command again to resume.')
+                return EXIT_PREEMPTED
+            if validate is not None:
+                if trained:  # step_in_epoch = steps_per_epoch: a validation that fails loses no training
+                    self.write_checkpoint(epoch, spe)
+                else:
+                    logger.info(f'epoch {epoch} was trained before the last stop: validating it')
+                validate(epoch)
+            self.new_epoch()  # the next epoch's running loss starts afresh (also in the checkpoint below)
+            last = epoch == config.TRAIN.EPOCHS - 1
+            self.write_checkpoint(epoch, 0, epoch_file=epoch % config.SAVE_FREQ == 0 or last)
+            if stop.any_rank():
+                logger.warning(f'{stop.reason()} received: checkpoint written after epoch {epoch}. '
+                               'Run the same command again to resume.')
+                return EXIT_PREEMPTED
+        logger.info(f'{what[0].upper()}{what[1:]} time {datetime.timedelta(seconds=int(time.time() - start_time))}')
+        return 0
+
+    def train_epoch(self, train_step, data_loader, epoch, start_step, stop, mixup_fn=None, set_rho=None):
+        """The optimizer steps of `epoch` from `start_step` on; returns how many were done (fewer than
+        steps_per_epoch only after a stop request). `set_rho(step_count)`, before every step, sets the
+        model's drop ratio and returns it and the step's CUDA-graph key (without it: 0, None).
+        train_log.json gets one line per step: `loss` the epoch's running mean, `step_loss` the step's."""
+        config, logger, spe, device = self.config, self.logger, self.steps_per_epoch, train_step.device
+        train_step.model.train()
+        every = config.TRAIN.CHECKPOINT_EVERY_STEPS
+        norm_meter, time_meter, data_meter = AverageMeter(), AverageMeter(), AverageMeter()
+        step, new_step, drop_ratio, key = start_step, True, 0.0, None
+        data_time, step_start, end = 0.0, time.time(), time.time()
+        for samples, targets in data_loader:
+            if step >= spe:
+                break  # micro-batches left over when the epoch is not a multiple of the accumulation
+            samples = samples.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None:
+                samples, targets = mixup_fn(samples, targets)
+            synchronize(device)
+            data_time += time.time() - end
+            if new_step and set_rho is not None:
+                drop_ratio, key = set_rho(self.step_count)
+            stats = train_step(samples, targets, key=key)  # [loss, grad norm] after a step's last micro-batch
+            new_step = stats is not None
+            if new_step:
+                global_step = epoch * spe + step
+                lr = max(group['lr'] for group in self.optimizer.param_groups)  # the LR of this step
+                self.lr_scheduler.step_update(global_step + 1)
+                self.step_count += 1
+                synchronize(device)  # honest per-step time on GPU
+                step_loss, grad_norm = stats.tolist()  # the step's one read from the device
+                if not math.isfinite(step_loss):  # the run stops here: no checkpoint holds this step
+                    raise NonFiniteLossError(
+                        f'loss is {step_loss} at epoch {epoch}, iteration {step} of {spe} '
+                        f'(global {global_step}), rho {1 - drop_ratio:.2f}; '
+                        f'the last good checkpoint is left untouched')
+                step_time = time.time() - step_start
+                self.epoch_loss.update(step_loss)
+                norm_meter.update(grad_norm)
+                time_meter.update(step_time)
+                data_meter.update(data_time)
+                if self.train_log is not None:
+                    self.train_log.write(json.dumps({
+                        'epoch': epoch, 'iteration': global_step, 'loss': self.epoch_loss.avg, 'step_loss': step_loss,
+                        'lr': lr, 'time': step_time, 'cpu_time': data_time, 'gpu_time': step_time - data_time,
+                        'memory': memory_mb(device), 'patch_drop_ratio': drop_ratio}) + '\n')
+                    self.train_log.flush()
+                if step % config.PRINT_FREQ == 0 or step == spe - 1:
+                    eta = datetime.timedelta(seconds=int(time_meter.avg * (spe - step - 1)))
+                    logger.info(
+                        f'Train: [{epoch}/{config.TRAIN.EPOCHS}][{step}/{spe}]\t'
+                        f'eta {eta} lr {lr:.6f}\t'
+                        f'time {time_meter.val:.4f} ({time_meter.avg:.4f})\t'
+                        f'data {data_meter.val:.4f} ({data_meter.avg:.4f})\t'
+                        f'loss {self.epoch_loss.val:.4f} ({self.epoch_loss.avg:.4f})\t'
+                        f'grad_norm {norm_meter.val:.4f} ({norm_meter.avg:.4f})\t'
+                        f'mem {memory_mb(device):.0f}MB\trho {1 - drop_ratio:.2f}')
+                step += 1
+                data_time, step_start = 0.0, time.time()
+                if every and step % every == 0 and step < spe:
+                    self.write_checkpoint(epoch, step)
+                if stop():
+                    break
+            end = time.time()
+        logger.info(f'EPOCH {epoch} training takes {datetime.timedelta(seconds=int(time_meter.sum))} '
+                    f'(mean loss {self.epoch_loss.avg:.4f})')
+        return step

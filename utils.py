@@ -93,6 +93,12 @@ def unwrap_model(model):
     return getattr(model, '_orig_mod', model)
 
 
+def first_n(items, n, sep=', '):
+    """The first `n` of `items` joined by `sep`, and ' (+k more)' for the rest."""
+    more = f' (+{len(items) - n} more)' if len(items) > n else ''
+    return sep.join(items[:n]) + more
+
+
 def all_gather_object(obj):
     """A list with every process's `obj` (rank order); [obj] in one process."""
     if not is_dist_avail_and_initialized():
@@ -163,16 +169,14 @@ def set_rng_state(state):
 
 
 def keep_freed_cpu_memory():
-    """Let glibc keep the memory the process frees for its next allocations instead of handing it
-    back to the OS, so that a training step's gradients, freed by zero_grad(set_to_none=True) and
-    allocated again by the next backward, cost no page faults: every block up to 32 MiB (glibc's
-    largest mmap threshold; a ViT-B gradient is at most 9 MiB) comes from the heap, and the heap is
-    trimmed only above 2 GiB of free memory at its top. On a 2-core CPU this took 0.1-0.2 s off a
-    ViT-B step at every rho (benchmarks/RESULTS.md). Returns whether it took effect (glibc only)."""
+    """Let glibc keep the memory the process frees (blocks up to 32 MiB from the heap, trimmed only
+    above 2 GiB free), so that a step's gradients, freed by zero_grad(set_to_none=True), come back
+    without page faults (benchmarks/RESULTS.md). Returns whether it took effect (glibc only)."""
     try:
         libc = ctypes.CDLL('libc.so.6')
     except OSError:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # 32 MiB is glibc's largest mmap threshold; a ViT-B gradient is at most 9 MiB
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 

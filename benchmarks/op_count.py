@@ -27,8 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from benchmarks.train_step import build_timm_reference, drop_ratio, make_optimizer  # noqa: E402
 from config import get_config  # noqa: E402
 from fast_step import TrainStep  # noqa: E402
-from main_finetune import get_parser  # noqa: E402
 from models import build_model  # noqa: E402
+from training import finetune_parser  # noqa: E402
 
 RHOS = (1.0, 0.8, 0.6, 0.4, 0.2)
 VIEW_OPS = {'view', '_unsafe_view', 't', 'transpose', 'permute', 'expand', 'slice', 'select', 'unsqueeze',
@@ -67,7 +67,7 @@ def main(argv=None):
     parser.add_argument('--batch-size', type=int, default=2, help='images per step (the count does not depend on it)')
     parser.add_argument('--timm-model', default='beit_base_patch16_224', help="reference model, or 'none'")
     args = parser.parse_args(argv)
-    config = get_config(get_parser().parse_args(['--cfg', args.cfg]))
+    config = get_config(finetune_parser().parse_args(['--cfg', args.cfg]))
     torch.manual_seed(0)
     images = torch.randn(args.batch_size, config.MODEL.VIT.IN_CHANS, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
     targets = torch.randint(config.MODEL.NUM_CLASSES, (args.batch_size,))

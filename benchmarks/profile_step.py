@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py --cfg ... --batch-size 4 --device cpu --opts DATA.IMG_SIZE 32 ...  # dry run
 
 Profiles the step main_finetune.py runs (fast_step.TrainStep; --cuda-graphs: replayed from CUDA
-graphs) after --warmup untimed steps, each step ending with a device sync as in engine.py. Per rho:
+graphs) after --warmup untimed steps, each step ending with a device sync as in training.py. Per rho:
 the wall time per step; on CUDA the time the GPU was busy (the union of its kernel, copy and
 memset intervals within the profiled steps) and the fraction it sat idle; the device operations per
 step; the operators with the most device time and those with the most CPU time (self time, per
@@ -97,7 +97,7 @@ def profile_rho(args, step, model, images, targets, rho, device):
         for _ in range(args.steps):
             with record_function(STEP_LABEL):
                 step(images, targets, key=key)
-                synchronize(device)  # as engine.py: the step's one sync
+                synchronize(device)  # as training.py: the step's one sync
     wall_s = (time.perf_counter() - start) / args.steps
     averages = prof.key_averages()
     device_key = 'self_device_time_total' if hasattr(averages[0], 'self_device_time_total') else 'self_cuda_time_total'

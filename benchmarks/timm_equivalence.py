@@ -4,7 +4,7 @@
 
 For each of timm's vit_base_patch16_224, deit_small_patch16_224 and beit_base_patch16_224, created
 here with random weights (no download): saves the state dict as .pth and as .safetensors, loads
-each through checkpoint.load_pretrained into the config of the same architecture
+each through pretrained.load_pretrained into the config of the same architecture
 (tests/test_pretrained.py's ARCHITECTURES), and compares in fp32 on random 224 px images: the
 logits at rho = 1 with timm's; at drop ratio 0.4 the kept tokens with an explicit top-k of the L1
 norms of timm's embedded tokens, and (no relative bias) our logits with timm's blocks run on the
@@ -24,9 +24,9 @@ import safetensors.torch  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from checkpoint import load_pretrained  # noqa: E402
 from config import get_config  # noqa: E402
 from models import build_model  # noqa: E402
+from pretrained import load_pretrained  # noqa: E402
 from tests.test_pretrained import ARCHITECTURES, timm_tokens, topk_reference  # noqa: E402
 
 TOLERANCE = 1e-5

@@ -47,19 +47,10 @@ def relative_position_bias(tables, relative_position_index, kept_pairs, dtype=No
     -> bias [heads, B', K, K'] (one table) or [L, heads, B', K, K'], contiguous, in `dtype` (default
     the tables'); the attention uses [..., :K].
 
-    `via_grid` (default: on accelerators, not on CPU): two lookups, the table to the full
-    [heads, N x N] grid, then the grid to the kept pairs. The backward of each is a scatter-add;
-    straight from the pairs into the table, B x K^2 additions would pile onto a few hundred rows
-    (CUDA atomics on one address serialise: a rho = 0.8 step took longer than rho = 1 on an H200),
-    while into the grid each entry gets at most 2B, and the grid's N^2 into the table are what a
-    rho = 1 step costs anyway. A CPU adds one index after another, without atomics, so there the
-    pairs are looked up in the table directly: B' x K x K' entries without the grid's N^2 (1/3.6
-    of the entries at rho = 0.2, batch 8, ViT-B; fewer at every rho), and the backward adds into
-    the table, which fits in cache, not into the grid (22 MB for ViT-B's 12 blocks). The lookups
-    stay in the table's dtype (fp32) so that those sums are not rounded to bf16 under autocast.
-    Heads come first so that each index_select yields the bias contiguous, in the attention's
-    layout. All blocks' tables go through the same lookups (and one cast), stacked as rows: one
-    set of operators per step instead of one per block (a GPU launch each; benchmarks/RESULTS.md).
+    `via_grid` (default: on accelerators): through the full [heads, N x N] grid, so that the
+    backward's scatter-add does not pile B x K^2 atomics onto a few table rows; a CPU adds without
+    atomics, so there the pairs are looked up in the table directly. Lookups stay in the tables' fp32,
+    and all tables share one set of operators (benchmarks/RESULTS.md, "What makes the model fast").
     """
     if isinstance(tables, torch.Tensor):
         leading, rows = (), tables.t().contiguous()  # [heads, R]: tiny

@@ -5,9 +5,9 @@ import pytest
 import torch
 from yacs.config import CfgNode
 
-from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,
-                        load_pretrained, prune_checkpoints, resize_pos_embed, resize_rel_pos_bias_table,
+from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file, prune_checkpoints,
                         save_checkpoint)
+from pretrained import load_pretrained, resize_pos_embed, resize_rel_pos_bias_table
 from tests.helpers import tiny_model
 
 LOGGER = logging.getLogger('test_checkpoint')

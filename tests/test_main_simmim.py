@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import main_simmim
-from checkpoint import load_pretrained
 from config import get_config
 from lr_scheduler import build_scheduler, lr_at
 from models import build_model, build_simmim
 from optimizer import build_optimizer
+from pretrained import load_pretrained
 from tests.helpers import make_image_folder
 from tests.test_bad_input import snapshot
 from tests.test_finetune import ROOT, TRAIN_FIELDS, read_jsonl

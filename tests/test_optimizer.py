@@ -179,26 +179,27 @@ def stepped(optimizer, model, steps=2):
     return optimizer
 
 
-def test_state_of_the_earlier_group_order_is_mapped_by_name():
-    """This project's checkpoints before the groups took the original's order: sorted by (layer, no decay)."""
+def test_state_of_another_group_order_is_refused_and_our_own_loads_exactly():
+    """A named state in another group order (this project's checkpoints before the groups took the
+    original's order) is no longer mapped by name (issue 19): it is refused, with the reason."""
     config, model = tiny_config(), tiny_model()
     groups = param_groups_layer_decay(model, 0.05, 0.65, 1e-3)
     earlier = sorted(groups, key=lambda g: (int(g['name'].split('_')[1]), g['name'].endswith('no_decay')))
     assert [g['name'] for g in earlier] != [g['name'] for g in groups]  # the layouts do differ
     old = stepped(torch.optim.AdamW(earlier, lr=1e-3), model)
-    old.param_groups[0]['lr'] = 0.123  # a group setting that must come back with its group
-    saved = old.state_dict()
-    resumed = build_optimizer(config, model)
-    assert load_optimizer_state(resumed, saved) == 'by name'
-    for group in resumed.param_groups:
-        for name, param in zip(group['param_names'], group['params']):
-            for key in ('exp_avg', 'exp_avg_sq', 'step'):
-                assert torch.equal(resumed.state[param][key], old.state[param][key]), (name, key)
-    assert next(g for g in resumed.param_groups if g['name'] == earlier[0]['name'])['lr'] == 0.123
-    # and our own current layout loads exactly, group settings included
+    with pytest.raises(OptimizerStateError, match="parameter groups are not this optimizer's"):
+        load_optimizer_state(build_optimizer(config, model), old.state_dict())
+    # our own current layout loads exactly, group settings included
+    resumed = stepped(build_optimizer(config, model), model)
+    resumed.param_groups[0]['lr'] = 0.123
     again = build_optimizer(config, model)
     assert load_optimizer_state(again, resumed.state_dict()) == 'exact'
     assert [g['lr'] for g in again.param_groups] == [g['lr'] for g in resumed.param_groups]
+    assert again.param_groups[0]['lr'] == 0.123
+    for group in again.param_groups:
+        for name, param in zip(group['param_names'], group['params']):
+            for key in ('exp_avg', 'exp_avg_sq', 'step'):
+                assert torch.equal(again.state[param][key], resumed.state[param][key]), (name, key)
 
 
 def original_state(model, steps=3):

@@ -13,7 +13,8 @@ import timm
 import torch
 
 import pretrained
-from checkpoint import CheckpointError, load_pretrained
+from checkpoint import CheckpointError
+from pretrained import load_pretrained
 from models.patch_selection import num_kept_tokens
 from tests.helpers import tiny_config
 from models import build_model
@@ -253,7 +254,7 @@ def test_our_own_checkpoint_of_the_plain_vit_family(tmp_path, caplog):
 
 
 def test_position_embedding_resized_to_another_grid(tmp_path):
-    from checkpoint import resize_pos_embed
+    from pretrained import resize_pos_embed
     source = timm_model('deit_small_patch16_224', img_size=24)  # a 3x3 grid; ours is 4x4
     path = save(source.state_dict(), tmp_path / 'deit_24.safetensors')
     model = our_model(ARCHITECTURES['deit_small_patch16_224'])

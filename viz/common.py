@@ -6,9 +6,9 @@ line number of each record in its file, so that later checks can still point at 
 Field meanings are the original's: train_log.json `loss` is the running mean of the epoch's losses so
 far and `step_loss` the step's own; val_log.json `time` is the mean time per batch and `total_time`
 the whole pass. Logs without the new names are read too, and both names are filled in:
-- this project's logs from before the rename (any folder that is not an original run): `loss` was the
-  step's loss (the running mean is recomputed from it) and `time` the whole pass (`time` per batch
-  becomes NaN: it was not recorded);
+- this project's logs from before the rename (any folder that is not an original run; kept for the
+  committed results_digits/runs): `loss` was the step's loss (the running mean is recomputed from it)
+  and `time` the whole pass (`time` per batch becomes NaN: it was not recorded);
 - the original code's logs (a folder with its config.json and no config.yaml): `step_loss` is
   recovered from the running mean, step by step; `total_time` is NaN (not recorded), and wall-clock
   axes then leave validation out, as the original's own figures did.
