@@ -202,6 +202,20 @@ def test_a_base_chain_that_cycles_is_one_line(existing_run, tmp_path, capsys):
     assert 'form a cycle' in result.stderr
 
 
+@pytest.mark.parametrize('content, messages', [
+    (b'TRAIN:\n  EPOCHS: 3\nTRAIN:\n  BASE_LR: 0.001\n', ("key 'TRAIN' is given twice, at lines 2 and 4",)),
+    ('TAG: caf\u00e9\n'.encode('latin-1'), ('is not UTF-8 text: byte 0xe9 at offset',)),
+    (b'TRAIN:\n  # EPOCHS: 3\n', ("section 'TRAIN' has no keys",)),
+    (b"BASE: ['no_such_base.yaml']\n", ('no_such_base.yaml', 'in the BASE: list of')),
+])
+def test_config_files_that_escaped_the_one_line_rule(existing_run, tmp_path, capsys, content, messages):
+    _, data, out = existing_run
+    cfg = tmp_path / 'bad.yaml'
+    base = b'' if content.startswith(b'BASE') else f"BASE: ['{os.path.abspath(CFG)}']\n".encode()
+    cfg.write_bytes(base + content)
+    expect_error(capsys, out, args_for(data, out, cfg=cfg), str(cfg), *messages)
+
+
 @pytest.mark.parametrize('tag', ['../../../../escaped', '/abs/escaped', '../../escaped'])  # '../x' stays inside
 def test_a_tag_may_not_leave_the_output_folder(existing_run, tmp_path, capsys, tag):
     _, data, out = existing_run
