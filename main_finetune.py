@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file,

@@ -5,6 +5,7 @@ import os
 
 import torch
 from PIL import Image, ImageOps
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.data.auto_augment import AugmentOp
 from timm.data.transforms import str_to_interp_mode

@@ -285,3 +285,22 @@ def test_eval_pretrained_without_a_classifier_is_refused(existing_run, tmp_path,
     full = write_checkpoint(tmp_path / 'full.pth', {'model': trained})
     assert main_finetune.run(args_for(data, out, extra=['--eval', '--pretrained', full])) == 0
     assert 'Accuracy of the network on the 6 test images' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('command', [
+    ['main_finetune.py', '--cfg', 'no_such.yaml'],
+    ['main_simmim.py', '--cfg', 'no_such.yaml'],
+    ['sweep_drop.py', '--cfg', 'no_such.yaml'],
+    ['image_patches.py', '--cfg', 'no_such.yaml'],
+    ['patch_distribution.py', '--cfg', 'no_such.yaml'],
+    ['-m', 'data.verify', '--data-path', 'no_such_folder'],
+])
+def test_the_error_line_is_the_only_output_no_timm_warning_above_it(command):
+    """timm warns at import (torch.jit.interface is deprecated); a user's one-line error must stand alone."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
