@@ -19,10 +19,12 @@ Datasets (DATA.DATASET):
 
 Checks: `build_loader` raises `DataError` (a ValueError) before any training, with a message naming
 the setting or path, for: an unknown DATA.DATASET or DATA.INTERPOLATION; an odd batch size with
-Mixup/CutMix on; DATA_PATH unset, missing or not a folder; no train/ or val/; a split without class
-folders or images; train and val class folders that differ; an image that PIL cannot verify
-(unless DATA.SKIP_BAD_IMAGES, which drops such files with a warning listing them); a batch size
-above the training images per process (zero iterations per epoch with drop_last). Every image is
+Mixup/CutMix on; DATA_PATH unset, missing or not a folder; with 'digits' or 'fashion_mnist', a DATA_PATH
+that holds no export of them (nor Fashion-MNIST's IDX files), such as the user's own images, which
+they would ignore; no train/ or val/; a split without class folders or images; train and val class
+folders that differ; an image that PIL cannot verify (unless DATA.SKIP_BAD_IMAGES, which drops such
+files with a warning listing them); a batch size above the training images per process (zero
+iterations per epoch with drop_last). Every image is
 verified up front (data/folder.py: one open and header parse per file in a thread pool, each
 process the whole split; not a full decode, which `python -m data.verify` does). An image that
 verifies but fails to decode later raises a DataError naming the file, also from a loader worker;

@@ -216,6 +216,22 @@ def test_config_files_that_escaped_the_one_line_rule(existing_run, tmp_path, cap
     expect_error(capsys, out, args_for(data, out, cfg=cfg), str(cfg), *messages)
 
 
+@pytest.mark.parametrize('dataset', ['digits', 'fashion_mnist'])
+def test_a_data_path_the_demo_dataset_would_ignore_is_refused(existing_run, tmp_path, capsys, dataset):
+    """The demo configs set DATA.DATASET digits: a --data-path of the user's own images must not be
+    ignored (nor receive a digits export); the user is told to set DATA.DATASET imagenet."""
+    _, _, out = existing_run
+    mine = make_image_folder(tmp_path / 'my_images', num_train=4, num_val=2)
+    before = sorted(os.path.relpath(os.path.join(d, n), mine) for d, ds, fs in os.walk(mine) for n in ds + fs)
+    expect_error(capsys, out, args_for(mine, out, 'DATA.DATASET', dataset), f"'{mine}'",
+                 'set DATA.DATASET imagenet')
+    after = sorted(os.path.relpath(os.path.join(d, n), mine) for d, ds, fs in os.walk(mine) for n in ds + fs)
+    assert after == before  # nothing written into the user's folder
+    expect_error(capsys, out, args_for(tmp_path / 'nowhere', out, 'DATA.DATASET', dataset), 'nowhere',
+                 'set DATA.DATASET imagenet')
+    assert not (tmp_path / 'nowhere').exists()
+
+
 @pytest.mark.parametrize('tag', ['../../../../escaped', '/abs/escaped', '../../escaped'])  # '../x' stays inside
 def test_a_tag_may_not_leave_the_output_folder(existing_run, tmp_path, capsys, tag):
     _, data, out = existing_run
