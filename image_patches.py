@@ -37,8 +37,8 @@ import torch
 from config import ConfigError
 from data import build_dataset
 from logger import create_logger
-from sweep_drop import (build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, run_script,
-                        write_atomically)
+from sweep_drop import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
+                        get_parser, run_script, write_atomically)
 from viz.common import save_figure
 from viz.image_patches import plot_image_patches
 
@@ -90,6 +90,7 @@ def main(config, args):
     logger = create_logger(None, 0, name=config.MODEL.NAME)
 
     path = checkpoint_path(config)
+    check_output_folder(config)
     dataset_val = build_dataset(is_train=False, config=config)
     indices = args.images if args.images is not None else default_image_indices(len(dataset_val))
     bad = [i for i in indices if not 0 <= i < len(dataset_val)]

@@ -44,7 +44,7 @@ from config import ConfigError, get_config
 from data import DataError, build_val_loader
 from engine import evaluate
 from logger import create_logger
-from main_finetune import EXIT_BAD_INPUT
+from main_finetune import EXIT_BAD_INPUT, check_output_writable
 from main_finetune import get_parser as get_finetune_parser
 from models import build_model
 from utils import LaunchError, all_gather_object, autocast_dtype, init_distributed_mode, synchronize
@@ -82,6 +82,15 @@ def checkpoint_path(config):
         raise CheckpointError(f"checkpoint '{path}' not found" if not os.path.exists(path)
                               else f"checkpoint '{path}' is not a file")
     return path
+
+
+def check_output_folder(config):
+    """ConfigError unless the output folder is writable or can be created: checked before the pass,
+    which would otherwise be lost to the failed write at its end."""
+    try:
+        check_output_writable(config.OUTPUT)
+    except OSError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_model_from_checkpoint(path, config, num_classes, device):
@@ -139,6 +148,7 @@ def main(config, args):
     logger = create_logger(None, rank, name=config.MODEL.NAME)
 
     path = checkpoint_path(config)
+    check_output_folder(config)
     dataset_val, loader_val = build_val_loader(config)
     model = build_model_from_checkpoint(path, config, len(dataset_val.classes), device)
     check_drop_ratios(model, args.drop_ratios)

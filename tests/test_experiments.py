@@ -411,3 +411,22 @@ def test_patch_distribution_with_2_processes_counts_each_image_once(data_path, c
         data = json.load(f)
     model, images, _ = reference
     check_distribution(data, model, images, [0.4, 0.8])
+
+
+# ----------------------------------------------------------------------------- unwritable output (issue 24)
+@pytest.mark.parametrize('script, full_pass', [
+    (sweep_drop, 'evaluate'), (image_patches, 'record_kept_patches'), (patch_distribution, 'count_kept_positions'),
+])
+def test_an_unwritable_output_is_refused_before_the_pass(data_path, checkpoint, tmp_path, capsys, monkeypatch,
+                                                         script, full_pass):
+    def never(*args, **kwargs):
+        raise AssertionError(f'{full_pass} ran although the output folder cannot be written')
+
+    monkeypatch.setattr(script, full_pass, never)
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    assert script.run(script_args(data_path, checkpoint, blocker / 'sub')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'cannot be created' in err and str(blocker) in err
+    assert blocker.read_text() == 'x'
