@@ -13,7 +13,9 @@ main_finetune.py writes them). `pss_vit` and baseline `vit` checkpoints alike; T
 chooses the selection. Default drop ratios: 0.0, 0.1, ..., 0.8.
 
 Writes <output>/<MODEL.NAME>/<TAG>/sweep_drop.json (rank 0; rewritten atomically after every ratio,
-so a killed sweep leaves the ratios done), one JSON line per drop ratio:
+so a killed sweep leaves the ratios done), one JSON line per drop ratio, in increasing order. A file
+there from an earlier sweep is merged by drop ratio: the ratios measured again are replaced, the
+others kept (the log names both); one that is not such a file stops the sweep before it starts.
     drop_ratio        the fraction of tokens dropped (rho = 1 - drop_ratio)
     num_tokens        tokens kept, CLS included: round((1 - drop_ratio) * N), N at 0
     acc1, acc5, loss  top-1 / top-5 accuracy (%) and mean cross-entropy over the whole validation
@@ -132,6 +134,32 @@ def run_script(main, parser, argv=None):
 
 
 # --- the sweep ----------------------------------------------------------------------------------
+def read_earlier_sweep(path):
+    """{drop ratio: its JSON line} of an earlier sweep_drop.json at `path` ({} if there is none).
+    Raises ConfigError naming the line that is no sweep record, so a file that cannot be merged is
+    never overwritten."""
+    if not os.path.exists(path):
+        return {}
+    lines = {}
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                drop_ratio = record.get('drop_ratio') if isinstance(record, dict) else None
+                if not isinstance(drop_ratio, (int, float)) or isinstance(drop_ratio, bool):
+                    raise ConfigError(f"'{path}' line {number} is not a sweep record with a drop_ratio, so this "
+                                      'sweep cannot merge its results into it: move the file away or repair it')
+                lines[float(drop_ratio)] = line.rstrip('\n') + '\n'
+    except OSError as e:
+        raise ConfigError(f"cannot read the earlier sweep '{path}': {e.strerror or e}") from None
+    return lines
+
+
 @torch.no_grad()
 def warm_up(model, images, amp_dtype, steps=WARMUP_STEPS):
     """A few forward passes, so that the timed pass pays for no first-call set-up (kernels, memory)."""
@@ -149,13 +177,15 @@ def main(config, args):
 
     path = checkpoint_path(config)
     check_output_folder(config)
+    out_path = os.path.join(config.OUTPUT, OUTPUT_FILE)
+    lines = read_earlier_sweep(out_path)  # merged by drop ratio: a ratio measured again replaces its line
+    earlier = sorted(lines)
     dataset_val, loader_val = build_val_loader(config)
     model = build_model_from_checkpoint(path, config, len(dataset_val.classes), device)
     check_drop_ratios(model, args.drop_ratios)
     logger.info(f"sweeping '{path}' ({config.MODEL.TYPE}, {config.TRAIN.PATCH_DROP_FUNC} selection) over "
                 f'{len(dataset_val)} validation images, {world_size} process(es), drop ratios {args.drop_ratios}')
 
-    out_path = os.path.join(config.OUTPUT, OUTPUT_FILE)
     if rank == 0:
         os.makedirs(config.OUTPUT, exist_ok=True)
     # One batch of this process's share (the first iteration also starts any loader workers).
@@ -164,7 +194,6 @@ def main(config, args):
 
     logger.info(f'{"drop":>5} {"rho":>5} {"tokens":>6} {"acc1":>7} {"acc5":>7} {"loss":>7} '
                 f'{"img/s":>9} {"model img/s":>11}')
-    lines = []
     for drop_ratio in args.drop_ratios:
         model.set_patch_drop_ratio(drop_ratio)
         torch.manual_seed(config.SEED + rank)  # only random selection draws; the same draws for any order
@@ -183,10 +212,14 @@ def main(config, args):
                     f'{record["acc5"]:7.3f} {record["loss"]:7.4f} {record["throughput"]:9.1f} '
                     f'{record["model_throughput"]:11.1f}')
         if rank == 0:
-            lines.append(json.dumps(record) + '\n')
-            write_atomically(out_path, ''.join(lines))
+            lines[drop_ratio] = json.dumps(record) + '\n'
+            write_atomically(out_path, ''.join(lines[d] for d in sorted(lines)))
     model.set_patch_drop_ratio(0.0)
-    logger.info(f'wrote {out_path}')
+    kept = [d for d in earlier if d not in args.drop_ratios]
+    replaced = [d for d in earlier if d in args.drop_ratios]
+    merged = (f"; kept the earlier results for drop ratios {', '.join(map(str, kept)) or 'none'}, replaced "
+              f"{', '.join(map(str, replaced)) or 'none'}" if earlier else '')
+    logger.info(f'wrote {out_path}{merged}')
     return 0
 
 

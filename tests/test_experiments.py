@@ -430,3 +430,33 @@ def test_an_unwritable_output_is_refused_before_the_pass(data_path, checkpoint, 
     assert err.startswith('error: ') and err.count('\n') == 1, err
     assert 'cannot be created' in err and str(blocker) in err
     assert blocker.read_text() == 'x'
+
+
+# ----------------------------------------------------------------------------- re-runs merge (issue 24)
+def test_a_sweep_drop_rerun_merges_by_drop_ratio(data_path, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'pss' / 'run' / 'sweep_drop.json'
+    assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.0', '0.4', '0.8')) == 0
+    first = read_jsonl(out)
+    # mark the earlier lines: 0.0 and 0.8 must be kept as they are, 0.4 replaced by its new measurement
+    marked = [dict(r, time=12345.0) if r['drop_ratio'] != 0.4 else dict(r, acc1=-1.0) for r in first]
+    out.write_text(''.join(json.dumps(r) + '\n' for r in marked))
+    capsys.readouterr()
+    assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.6', '0.4')) == 0
+    merged = read_jsonl(out)
+    assert [r['drop_ratio'] for r in merged] == [0.0, 0.4, 0.6, 0.8]  # one line per ratio, in order
+    assert merged[0] == marked[0] and merged[3] == marked[2]
+    assert merged[1]['acc1'] == first[1]['acc1'] and merged[1]['time'] != 12345.0
+    assert set(merged[2]) == SWEEP_FIELDS and merged[2]['num_tokens'] == round(0.4 * NUM_TOKENS)
+    log = capsys.readouterr().out
+    assert 'kept the earlier results for drop ratios 0.0, 0.8' in log and 'replaced 0.4' in log, log
+
+
+def test_a_sweep_drop_json_that_cannot_be_merged_is_left_alone(data_path, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'pss' / 'run' / 'sweep_drop.json'
+    out.parent.mkdir(parents=True)
+    for text in ('{"drop_ratio": 0.0, "acc1": 50.0}\nnot json\n', '{"acc1": 50.0}\n', '[1, 2]\n'):
+        out.write_text(text)
+        assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.4')) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and err.count('\n') == 1 and str(out) in err and 'line' in err, err
+        assert out.read_text() == text
