@@ -54,6 +54,7 @@ from utils import LaunchError, all_gather_object, autocast_dtype, init_distribut
 SWEEP_DROP_RATIOS = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0, 0.1, ..., 0.8
 WARMUP_STEPS = 2  # forward passes on one batch before each ratio is timed
 OUTPUT_FILE = 'sweep_drop.json'
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 # --- shared by sweep_drop.py, image_patches.py and patch_distribution.py ------------------------
@@ -115,19 +116,28 @@ def check_drop_ratios(model, drop_ratios):
 def write_atomically(path, text):
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
     tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: no temporary file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def run_script(main, parser, argv=None):
-    """Parse, resolve the config, run main(config, args); bad input prints one line, status 2."""
+    """Parse, resolve the config, run main(config, args); bad input prints one line, status 2; Ctrl-C
+    prints one line (what was kept, if main says), status 130."""
     args = parser.parse_args(argv)
     try:
         return main(get_config(args), args)
     except (ConfigError, DataError, CheckpointError, LaunchError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as e:
+        print(f'interrupted{": " if str(e) else ""}{e}', file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -194,26 +204,32 @@ def main(config, args):
 
     logger.info(f'{"drop":>5} {"rho":>5} {"tokens":>6} {"acc1":>7} {"acc5":>7} {"loss":>7} '
                 f'{"img/s":>9} {"model img/s":>11}')
-    for drop_ratio in args.drop_ratios:
-        model.set_patch_drop_ratio(drop_ratio)
-        torch.manual_seed(config.SEED + rank)  # only random selection draws; the same draws for any order
-        if warmup_images is not None:
-            warm_up(model, warmup_images, amp_dtype)
-        stats = evaluate(model, loader_val, device, amp_dtype)
-        # The pass is over when the slowest process is done.
-        time_s = max(all_gather_object(stats['time']))
-        model_time_s = max(all_gather_object(stats['model_time']))
-        record = {'drop_ratio': drop_ratio, 'num_tokens': model.num_kept_tokens(drop_ratio),
-                  'acc1': stats['acc1'], 'acc5': stats['acc5'], 'loss': stats['loss'],
-                  'num_images': stats['num_images'], 'time': time_s,
-                  'throughput': stats['num_images'] / time_s, 'model_time': model_time_s,
-                  'model_throughput': stats['num_images'] / model_time_s}
-        logger.info(f'{drop_ratio:5.2f} {1 - drop_ratio:5.2f} {record["num_tokens"]:6d} {record["acc1"]:7.3f} '
-                    f'{record["acc5"]:7.3f} {record["loss"]:7.4f} {record["throughput"]:9.1f} '
-                    f'{record["model_throughput"]:11.1f}')
-        if rank == 0:
-            lines[drop_ratio] = json.dumps(record) + '\n'
-            write_atomically(out_path, ''.join(lines[d] for d in sorted(lines)))
+    done = []
+    try:
+        for drop_ratio in args.drop_ratios:
+            model.set_patch_drop_ratio(drop_ratio)
+            torch.manual_seed(config.SEED + rank)  # only random selection draws; the same draws for any order
+            if warmup_images is not None:
+                warm_up(model, warmup_images, amp_dtype)
+            stats = evaluate(model, loader_val, device, amp_dtype)
+            # The pass is over when the slowest process is done.
+            time_s = max(all_gather_object(stats['time']))
+            model_time_s = max(all_gather_object(stats['model_time']))
+            record = {'drop_ratio': drop_ratio, 'num_tokens': model.num_kept_tokens(drop_ratio),
+                      'acc1': stats['acc1'], 'acc5': stats['acc5'], 'loss': stats['loss'],
+                      'num_images': stats['num_images'], 'time': time_s,
+                      'throughput': stats['num_images'] / time_s, 'model_time': model_time_s,
+                      'model_throughput': stats['num_images'] / model_time_s}
+            logger.info(f'{drop_ratio:5.2f} {1 - drop_ratio:5.2f} {record["num_tokens"]:6d} {record["acc1"]:7.3f} '
+                        f'{record["acc5"]:7.3f} {record["loss"]:7.4f} {record["throughput"]:9.1f} '
+                        f'{record["model_throughput"]:11.1f}')
+            if rank == 0:
+                lines[drop_ratio] = json.dumps(record) + '\n'
+                write_atomically(out_path, ''.join(lines[d] for d in sorted(lines)))
+            done.append(drop_ratio)
+    except KeyboardInterrupt:  # Ctrl-C: say what the file holds (run_script prints it, status 130)
+        measured = f"the drop ratios {', '.join(map(str, done))}" if done else 'no drop ratio'
+        raise KeyboardInterrupt(f"'{out_path}' holds {measured} of this sweep") from None
     model.set_patch_drop_ratio(0.0)
     kept = [d for d in earlier if d not in args.drop_ratios]
     replaced = [d for d in earlier if d in args.drop_ratios]

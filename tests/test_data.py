@@ -626,3 +626,29 @@ def test_16_bit_grey_images_are_scaled_to_8_bits_not_white(tmp_path):
     # 8-bit images are unchanged
     grey = Image.fromarray(expected)
     assert np.array_equal(np.asarray(to_rgb(grey))[..., 0], expected)
+
+
+def test_verify_stopped_by_ctrl_c_lists_the_bad_files_found_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `python -m data.verify`: no traceback, the bad files found until then on stdout,
+    one line on stderr saying how far it got, exit status 130."""
+    from data import verify
+    make_folder(tmp_path, train=(4, 3, 3), val=(3, 2, 2))
+    bad = [tmp_path / 'train' / 'a' / 'cut.jpg', tmp_path / 'train' / 'c' / 'cut.jpg']
+    for path in bad:
+        write_truncated_jpeg(path)
+    paths = [p for split in verify.splits(str(tmp_path)) for p in verify.image_paths(split)]
+    stop_at = paths.index(str(bad[1])) + 2  # both bad files lie before the interruption
+    real_decode, calls = verify._decode, []
+
+    def decode_until_ctrl_c(path):
+        calls.append(path)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real_decode(path)
+
+    monkeypatch.setattr(verify, '_decode', decode_until_ctrl_c)
+    assert verify.main(['--data-path', str(tmp_path), '--threads', '1', '--no-progress']) == 130
+    out, err = capsys.readouterr()
+    assert [line.split('\t')[0] for line in out.splitlines()] == [str(p) for p in bad]
+    assert err.count('\n') == 1 and 'interrupted' in err and f'of {len(paths)} images' in err, err
+    assert '2 cannot be decoded' in err

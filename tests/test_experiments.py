@@ -235,7 +235,7 @@ def test_sweep_drop_matches_the_model_at_every_ratio(data_path, checkpoint, refe
     assert len({r['acc1'] for r in records}) > 1  # the ratios really differ
 
 
-def test_sweep_drop_leaves_the_ratios_done_when_stopped(data_path, checkpoint, tmp_path, monkeypatch):
+def test_sweep_drop_leaves_the_ratios_done_when_stopped(data_path, checkpoint, tmp_path, monkeypatch, capsys):
     calls = []
     real_evaluate = sweep_drop.evaluate
 
@@ -246,9 +246,13 @@ def test_sweep_drop_leaves_the_ratios_done_when_stopped(data_path, checkpoint, t
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(sweep_drop, 'evaluate', evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.0', '0.5', '0.8'))
+    capsys.readouterr()
+    # Ctrl-C: no traceback, one line saying what was kept, status 130 (128 + SIGINT)
+    assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.0', '0.5', '0.8')) == 130
     out = tmp_path / 'pss' / 'run'
+    err = capsys.readouterr().err
+    assert err.startswith('interrupted') and err.count('\n') == 1, err
+    assert str(out / 'sweep_drop.json') in err and 'drop ratios 0.0, 0.5' in err, err
     assert [r['drop_ratio'] for r in read_jsonl(out / 'sweep_drop.json')] == [0.0, 0.5]
     assert os.listdir(out) == ['sweep_drop.json']  # no temporary file left behind
 
