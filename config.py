@@ -210,22 +210,81 @@ def _merge(config, other, source):
         raise ConfigError(f'{source}: {e}') from None
 
 
-def _load_yaml(path):
+def _read_text(path):
+    """The file's text, decoded as UTF-8 (a leading byte-order mark dropped)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: '{path}'")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from None
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        raise ConfigError(f"config file '{path}' is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} "
+                          f'(line {line}) cannot be decoded; save the file as UTF-8') from None
+    return text.removeprefix('\ufeff')
+
+
+def _check_no_duplicate_keys(node, path, prefix='', seen_nodes=None):
+    """Raise ConfigError for a key given twice in one mapping: YAML would keep the last in silence."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"config file '{path}': key '{prefix}{key}' is given twice, at lines {lines[key]} "
+                                  f'and {line} (YAML would keep only the last): merge them into one')
+            lines[key] = line
+            _check_no_duplicate_keys(value_node, path, f'{prefix}{key}.', seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_no_duplicate_keys(item, path, prefix, seen_nodes)
+
+
+def _load_yaml(path):
+    loader = yaml.SafeLoader(_read_text(path))
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_no_duplicate_keys(node, path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
         problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
         raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
     return data
+
+
+def _check_sections(config, data, path, prefix=''):
+    """Raise ConfigError where `data` gives a section of the defaults (a CfgNode) something other than
+    keys, such as YAML null when every key under it is commented out (yacs would print the whole node)."""
+    for key, value in data.items():
+        default = config.get(key) if isinstance(config, dict) else None
+        if not isinstance(default, CN):
+            continue
+        if isinstance(value, dict):
+            _check_sections(default, value, path, f'{prefix}{key}.')
+        elif value is None:
+            raise ConfigError(f"config file '{path}': section '{prefix}{key}' has no keys (all commented out?): "
+                              'remove the section or give it keys')
+        else:
+            raise ConfigError(f"config file '{path}': section '{prefix}{key}' must hold keys, not {value!r}")
 
 
 def _update_config_from_file(config, cfg_file, chain=()):
@@ -235,10 +294,17 @@ def _update_config_from_file(config, cfg_file, chain=()):
         cycle = ' -> '.join(os.path.relpath(path) for path in chain[chain.index(here):] + (here,))
         raise ConfigError(f"config file '{cfg_file}': its BASE: files form a cycle: {cycle}")
     data = _load_yaml(cfg_file)
-    bases = data.pop('BASE', [''])
-    for base in [bases] if isinstance(bases, str) else bases:
+    bases = data.pop('BASE', None) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"config file '{cfg_file}': BASE must be a file name or a list of them, not {bases!r}")
+    for base in bases:
         if base:
-            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base), chain + (here,))
+            base_file = os.path.join(os.path.dirname(cfg_file), base)
+            if not os.path.isfile(base_file):
+                raise ConfigError(f"config file not found: '{base_file}', in the BASE: list of '{cfg_file}'")
+            _update_config_from_file(config, base_file, chain + (here,))
+    _check_sections(config, data, cfg_file)
     config.defrost()
     _merge(config, CN(data), cfg_file)
     config.freeze()

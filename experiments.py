@@ -1,5 +1,5 @@
 """What sweep_drop.py, image_patches.py and patch_distribution.py share: the flags, the checkpoint
-to evaluate, the drop-ratio check and atomic writes.
+to evaluate, the drop-ratio and output-folder checks and atomic writes.
 
 In these scripts --pretrained (config PRETRAINED), or --resume, names the exact weights to evaluate:
 `build_model_from_checkpoint` loads every weight as it is (checkpoint.load_model_weights) and fails
@@ -12,7 +12,7 @@ import os
 from checkpoint import CheckpointError, load_model_weights
 from config import ConfigError
 from models import build_model
-from training import finetune_parser
+from training import check_output_writable, finetune_parser
 
 EVALUATED_HELP = 'checkpoint to evaluate, every weight as it is (or --resume)'
 
@@ -59,9 +59,23 @@ def check_drop_ratios(model, drop_ratios):
                               f'(round((1 - {drop_ratio}) * {model.num_tokens}) tokens = CLS only)')
 
 
+def check_output_folder(config):
+    """ConfigError unless the output folder is writable or can be created: checked before the pass,
+    which would otherwise be lost to the failed write at its end."""
+    try:
+        check_output_writable(config.OUTPUT)
+    except OSError as e:
+        raise ConfigError(str(e)) from None
+
+
 def write_atomically(path, text):
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
     tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: no temporary file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -38,7 +38,8 @@ from config import ConfigError
 from data import build_dataset
 from logger import create_logger
 from training import run_script
-from experiments import build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, write_atomically
+from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
+                         get_parser, write_atomically)
 from viz.common import save_figure
 from viz.image_patches import plot_image_patches
 
@@ -90,6 +91,7 @@ def main(config, args, on_exit):
     logger = create_logger(None, 0, name=config.MODEL.NAME)
 
     path = checkpoint_path(config)
+    check_output_folder(config)
     dataset_val = build_dataset(is_train=False, config=config)
     indices = args.images if args.images is not None else default_image_indices(len(dataset_val))
     bad = [i for i in indices if not 0 <= i < len(dataset_val)]

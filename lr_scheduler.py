@@ -27,6 +27,7 @@ Schedules, with T = EPOCHS * n_iter updates and W = WARMUP_EPOCHS * n_iter warm-
 """
 import bisect
 
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler, StepLRScheduler
 
 from utils import get_world_size

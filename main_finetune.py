@@ -20,6 +20,7 @@ import json
 import sys
 
 import torch
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from checkpoint import CheckpointError, load_model_weights

@@ -34,7 +34,8 @@ import torch
 from data import build_val_loader
 from logger import create_logger
 from training import run_script
-from experiments import build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, write_atomically
+from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
+                         get_parser, write_atomically)
 from utils import all_reduce_sum, init_distributed_mode
 from viz.common import save_figure
 from viz.patch_distribution import centre_and_corners, plot_patch_distribution
@@ -66,6 +67,7 @@ def main(config, args, on_exit):
     rank, world_size, _, device = init_distributed_mode()
     logger = create_logger(None, rank, name=config.MODEL.NAME)
     path = checkpoint_path(config)
+    check_output_folder(config)
     dataset_val, loader_val = build_val_loader(config)
     model = build_model_from_checkpoint(path, config, len(dataset_val.classes), device)
     check_drop_ratios(model, args.drop_ratios)

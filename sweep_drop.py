@@ -13,7 +13,9 @@ main_finetune.py writes them). MODEL.TYPE `pss_vit` and `vit` are the same netwo
 chooses the selection. Default drop ratios: 0.0, 0.1, ..., 0.8.
 
 Writes <output>/<MODEL.NAME>/<TAG>/sweep_drop.json (rank 0; rewritten atomically after every ratio,
-so a killed sweep leaves the ratios done), one JSON line per drop ratio:
+so a killed sweep leaves the ratios done), one JSON line per drop ratio, in increasing order. A file
+there from an earlier sweep is merged by drop ratio: the ratios measured again are replaced, the
+others kept (the log names both); one that is not such a file stops the sweep before it starts.
     drop_ratio        the fraction of tokens dropped (rho = 1 - drop_ratio)
     num_tokens        tokens kept, CLS included: round((1 - drop_ratio) * N), N at 0
     acc1, acc5, loss  top-1 / top-5 accuracy (%) and mean cross-entropy over the whole validation
@@ -37,7 +39,9 @@ import torch
 
 from data import build_val_loader
 from engine import evaluate
-from experiments import build_model_from_checkpoint, check_drop_ratios, checkpoint_path, get_parser, write_atomically
+from config import ConfigError
+from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
+                         get_parser, write_atomically)
 from logger import create_logger
 from training import run_script
 from utils import all_gather_object, autocast_dtype, init_distributed_mode, synchronize
@@ -48,6 +52,32 @@ OUTPUT_FILE = 'sweep_drop.json'
 
 
 # --- the sweep ----------------------------------------------------------------------------------
+def read_earlier_sweep(path):
+    """{drop ratio: its JSON line} of an earlier sweep_drop.json at `path` ({} if there is none).
+    Raises ConfigError naming the line that is no sweep record, so a file that cannot be merged is
+    never overwritten."""
+    if not os.path.exists(path):
+        return {}
+    lines = {}
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                drop_ratio = record.get('drop_ratio') if isinstance(record, dict) else None
+                if not isinstance(drop_ratio, (int, float)) or isinstance(drop_ratio, bool):
+                    raise ConfigError(f"'{path}' line {number} is not a sweep record with a drop_ratio, so this "
+                                      'sweep cannot merge its results into it: move the file away or repair it')
+                lines[float(drop_ratio)] = line.rstrip('\n') + '\n'
+    except OSError as e:
+        raise ConfigError(f"cannot read the earlier sweep '{path}': {e.strerror or e}") from None
+    return lines
+
+
 @torch.no_grad()
 def warm_up(model, images, amp_dtype, steps=WARMUP_STEPS):
     """A few forward passes, so that the timed pass pays for no first-call set-up (kernels, memory)."""
@@ -64,13 +94,16 @@ def main(config, args, on_exit):
     logger = create_logger(None, rank, name=config.MODEL.NAME)
 
     path = checkpoint_path(config)
+    check_output_folder(config)
+    out_path = os.path.join(config.OUTPUT, OUTPUT_FILE)
+    lines = read_earlier_sweep(out_path)  # merged by drop ratio: a ratio measured again replaces its line
+    earlier = sorted(lines)
     dataset_val, loader_val = build_val_loader(config)
     model = build_model_from_checkpoint(path, config, len(dataset_val.classes), device)
     check_drop_ratios(model, args.drop_ratios)
     logger.info(f"sweeping '{path}' ({config.MODEL.TYPE}, {config.TRAIN.PATCH_DROP_FUNC} selection) over "
                 f'{len(dataset_val)} validation images, {world_size} process(es), drop ratios {args.drop_ratios}')
 
-    out_path = os.path.join(config.OUTPUT, OUTPUT_FILE)
     if rank == 0:
         os.makedirs(config.OUTPUT, exist_ok=True)
     # One batch of this process's share (the first iteration also starts any loader workers).
@@ -79,29 +112,38 @@ def main(config, args, on_exit):
 
     logger.info(f'{"drop":>5} {"rho":>5} {"tokens":>6} {"acc1":>7} {"acc5":>7} {"loss":>7} '
                 f'{"img/s":>9} {"model img/s":>11}')
-    lines = []
-    for drop_ratio in args.drop_ratios:
-        model.set_patch_drop_ratio(drop_ratio)
-        torch.manual_seed(config.SEED + rank)  # only random selection draws; the same draws for any order
-        if warmup_images is not None:
-            warm_up(model, warmup_images, amp_dtype)
-        stats = evaluate(model, loader_val, device, amp_dtype)
-        # The pass is over when the slowest process is done.
-        time_s = max(all_gather_object(stats['time']))
-        model_time_s = max(all_gather_object(stats['model_time']))
-        record = {'drop_ratio': drop_ratio, 'num_tokens': model.num_kept_tokens(drop_ratio),
-                  'acc1': stats['acc1'], 'acc5': stats['acc5'], 'loss': stats['loss'],
-                  'num_images': stats['num_images'], 'time': time_s,
-                  'throughput': stats['num_images'] / time_s, 'model_time': model_time_s,
-                  'model_throughput': stats['num_images'] / model_time_s}
-        logger.info(f'{drop_ratio:5.2f} {1 - drop_ratio:5.2f} {record["num_tokens"]:6d} {record["acc1"]:7.3f} '
-                    f'{record["acc5"]:7.3f} {record["loss"]:7.4f} {record["throughput"]:9.1f} '
-                    f'{record["model_throughput"]:11.1f}')
-        if rank == 0:
-            lines.append(json.dumps(record) + '\n')
-            write_atomically(out_path, ''.join(lines))
+    done = []
+    try:
+        for drop_ratio in args.drop_ratios:
+            model.set_patch_drop_ratio(drop_ratio)
+            torch.manual_seed(config.SEED + rank)  # only random selection draws; the same draws for any order
+            if warmup_images is not None:
+                warm_up(model, warmup_images, amp_dtype)
+            stats = evaluate(model, loader_val, device, amp_dtype)
+            # The pass is over when the slowest process is done.
+            time_s = max(all_gather_object(stats['time']))
+            model_time_s = max(all_gather_object(stats['model_time']))
+            record = {'drop_ratio': drop_ratio, 'num_tokens': model.num_kept_tokens(drop_ratio),
+                      'acc1': stats['acc1'], 'acc5': stats['acc5'], 'loss': stats['loss'],
+                      'num_images': stats['num_images'], 'time': time_s,
+                      'throughput': stats['num_images'] / time_s, 'model_time': model_time_s,
+                      'model_throughput': stats['num_images'] / model_time_s}
+            logger.info(f'{drop_ratio:5.2f} {1 - drop_ratio:5.2f} {record["num_tokens"]:6d} {record["acc1"]:7.3f} '
+                        f'{record["acc5"]:7.3f} {record["loss"]:7.4f} {record["throughput"]:9.1f} '
+                        f'{record["model_throughput"]:11.1f}')
+            if rank == 0:
+                lines[drop_ratio] = json.dumps(record) + '\n'
+                write_atomically(out_path, ''.join(lines[d] for d in sorted(lines)))
+            done.append(drop_ratio)
+    except KeyboardInterrupt:  # Ctrl-C: say what the file holds (run_script prints it, status 130)
+        measured = f"the drop ratios {', '.join(map(str, done))}" if done else 'no drop ratio'
+        raise KeyboardInterrupt(f"'{out_path}' holds {measured} of this sweep") from None
     model.set_patch_drop_ratio(0.0)
-    logger.info(f'wrote {out_path}')
+    kept = [d for d in earlier if d not in args.drop_ratios]
+    replaced = [d for d in earlier if d in args.drop_ratios]
+    merged = (f"; kept the earlier results for drop ratios {', '.join(map(str, kept)) or 'none'}, replaced "
+              f"{', '.join(map(str, replaced)) or 'none'}" if earlier else '')
+    logger.info(f'wrote {out_path}{merged}')
     return 0
 
 

@@ -40,6 +40,7 @@ from utils import (LaunchError, all_gather_object, all_reduce_sum, barrier, get_
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C outside a training loop: 128 + SIGINT, as a shell reports it
 PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm (.pth or .safetensors), '
                    'or timm:<model_name>')
 
@@ -93,7 +94,8 @@ def finetune_parser(pretrained_help=PRETRAINED_HELP, **kwargs):
 def run_script(parser, main, argv=None):
     """Parse `argv`, resolve the config and return main(config, args, on_exit), where `on_exit` (an
     ExitStack) is closed however main ends. A user's error is one `error:` line and EXIT_BAD_INPUT;
-    a non-finite loss returns 1. The process group, if any, is left at the end."""
+    a non-finite loss returns 1; Ctrl-C (where no StopRequest takes it) one line and EXIT_INTERRUPTED.
+    The process group, if any, is left at the end."""
     args = parser.parse_args(argv)
     try:
         with contextlib.ExitStack() as on_exit:
@@ -104,6 +106,9 @@ def run_script(parser, main, argv=None):
     except NonFiniteLossError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # an experiment script's message says what was kept
+        print(f'interrupted{": " if str(e) else ""}{e}', file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/timm_equivalence.py` from anywhere
 
 import safetensors.torch  # noqa: E402
+import quiet_timm  # noqa: E402, F401  (before timm, which warns at import)
 import timm  # noqa: E402
 import torch  # noqa: E402
 

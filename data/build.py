@@ -2,9 +2,11 @@
 import logging
 import math
 import os
+import re
 
 import torch
 from PIL import Image, ImageOps
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.data.auto_augment import AugmentOp
 from timm.data.transforms import str_to_interp_mode
@@ -14,7 +16,7 @@ from torchvision import transforms
 from utils import get_rank, get_world_size
 
 from .digits import export_digits
-from .fashion_mnist import export_fashion_mnist
+from .fashion_mnist import export_fashion_mnist, has_idx_files
 from .folder import DataError, check_same_classes, image_folder, split_dir
 from .samplers import ExactDistributedSampler, RepeatedAugmentationSampler, ResumableDistributedSampler
 from .seeding import SeededDataset
@@ -23,6 +25,13 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ('imagenet', 'digits', 'fashion_mnist')
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'random')
+# The datasets exported once into an ImageFolder: what a DATA.DATA_PATH lacks that is none of theirs,
+# and how to read them instead
+EXPORTED_DATASETS = {
+    'digits': ('no digits export (digits_<IMG_SIZE>/)', 'for the digits, leave --data-path unset'),
+    'fashion_mnist': ('neither the Fashion-MNIST IDX files nor their export (fashion_mnist_<IMG_SIZE>/)',
+                      'for Fashion-MNIST, leave --data-path unset or give the folder of its IDX files'),
+}
 DEFAULT_CACHE_ROOT = os.path.join('~', '.cache', 'pss')  # digits / fashion_mnist export when DATA.DATA_PATH is empty
 
 
@@ -43,11 +52,35 @@ def _check_settings(config, training=True):
                         f'AUG.CUTMIX, AUG.CUTMIX_MINMAX) mixes pairs of samples and needs an even batch size')
 
 
+def _holds_export(folder, dataset):
+    pattern = re.compile(rf'{dataset}_\d+')
+    return any(entry.is_dir() and pattern.fullmatch(entry.name) for entry in os.scandir(folder))
+
+
+def _check_export_folder(data_path, dataset):
+    """The digits and Fashion-MNIST read DATA.DATA_PATH as the folder of their export (Fashion-MNIST: or
+    of its IDX files): one that holds neither is most likely the user's own images, which these
+    datasets would ignore, writing an export into it instead."""
+    if os.path.isdir(data_path):
+        if _holds_export(data_path, dataset):
+            return
+        if dataset == 'fashion_mnist' and has_idx_files(data_path):
+            return
+    lacks, instead = EXPORTED_DATASETS[dataset]
+    found = 'does not exist' if not os.path.exists(data_path) else (
+        'is not a folder' if not os.path.isdir(data_path) else f'holds {lacks}')
+    raise DataError(f"DATA.DATASET is '{dataset}', but the data path '{data_path}' {found}: to train on the "
+                    'images of an ImageFolder root (train/ and val/), set DATA.DATASET imagenet (--opts '
+                    f'DATA.DATASET imagenet); {instead}')
+
+
 def dataset_root(config, training=True):
     """The folder holding train/ and val/: DATA.DATA_PATH, or the exported digits / Fashion-MNIST.
     `training` False: for evaluation only, so a Mixup setting does not restrict the batch size."""
     _check_settings(config, training)
     data_path = config.DATA.DATA_PATH
+    if data_path and config.DATA.DATASET in EXPORTED_DATASETS:
+        _check_export_folder(data_path, config.DATA.DATASET)
     if config.DATA.DATASET == 'digits':
         return export_digits(data_path or os.path.expanduser(DEFAULT_CACHE_ROOT), config.DATA.IMG_SIZE)
     if config.DATA.DATASET == 'fashion_mnist':

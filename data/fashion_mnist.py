@@ -76,10 +76,19 @@ def read_split(source_dir, prefix):
     return images, labels
 
 
+def _missing_idx_files(source_dir):
+    names = [name for prefix in SPLITS.values() for name in idx_file_names(prefix)]
+    return [name for name in names if not os.path.isfile(os.path.join(source_dir, name))]
+
+
+def has_idx_files(source_dir):
+    """Whether `source_dir` holds the four IDX files (not checked further)."""
+    return not _missing_idx_files(source_dir)
+
+
 def check_source(source_dir):
     """Raise DataError (naming the apt package) unless `source_dir` holds the four IDX files."""
-    names = [name for prefix in SPLITS.values() for name in idx_file_names(prefix)]
-    missing = [name for name in names if not os.path.isfile(os.path.join(source_dir, name))]
+    missing = _missing_idx_files(source_dir)
     if missing:
         raise DataError(f"Fashion-MNIST not found: '{source_dir}' lacks {', '.join(missing)}; install it with "
                         f"'apt-get install {APT_PACKAGE}' (files in {DEFAULT_DIR}) or set DATA.DATA_PATH "

@@ -48,11 +48,25 @@ def short_list(items, limit=10):
     return shown + (f', ... (+{len(items) - limit} more)' if len(items) > limit else '')
 
 
+# Modes of 16-bit grey samples ('I': 32-bit ints, as older Pillow opened 16-bit PNGs): PIL's
+# convert('RGB') clips them at 255, which turns almost every pixel white.
+_16_BIT_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+
+
+def to_rgb(img):
+    """`img` as an 8-bit RGB image; 16-bit grey scaled to 8 bits (value / 257, so 65535 -> 255)."""
+    if img.mode in _16_BIT_GREY_MODES:
+        pixels = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8))
+    return img.convert('RGB')
+
+
 def read_rgb(path):
-    """ImageFolder loader: the image as RGB, or a DataError naming the file."""
+    """ImageFolder loader: the image as RGB (16-bit grey scaled to 8 bits), or a DataError naming the
+    file. EXIF orientation is not applied, as in torchvision's ImageFolder."""
     try:
         with open(path, 'rb') as f:
-            return Image.open(f).convert('RGB')
+            return to_rgb(Image.open(f))
     # PIL reports broken files with many exception types (OSError, SyntaxError, ValueError,
     # struct.error, EOFError, DecompressionBombError...): re-raise any of them with the file name.
     except Exception as e:

@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 import torch
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms

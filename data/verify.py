@@ -7,7 +7,8 @@ Training only verifies headers up front (PIL `verify()`, see data/folder.py), wh
 passes; this command decodes the pixels of every file, as training will, with a progress bar on
 stderr. It prints one `<path>\t<reason>` line per bad file on stdout and a summary on stderr, and
 exits with 0 when every image decodes, 1 when some do not, 2 for a path that is not a dataset.
-Hidden folders and files are skipped, as in training.
+Ctrl-C stops it early: the bad files found until then are printed, the summary says how many images
+were decoded, and the exit status is 130. Hidden folders and files are skipped, as in training.
 """
 import argparse
 import os
@@ -18,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from data.folder import DataError, image_paths, read_rgb
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def _decode(path):
@@ -37,11 +40,21 @@ def splits(root):
 
 
 def find_undecodable(paths, threads, progress=True):
-    """[(path, reason)] for the files that fail to decode, in the order of `paths`."""
-    with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
-        reasons = list(tqdm(pool.map(_decode, paths), total=len(paths), unit='img', disable=not progress,
-                            file=sys.stderr, mininterval=1.0))
-    return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+    """([(path, reason)] for the files that fail to decode, in the order of `paths`; files decoded).
+
+    Ctrl-C ends it early: the files not yet started are dropped, and the result covers those decoded."""
+    pool = ThreadPoolExecutor(threads)  # PIL releases the GIL while decoding
+    futures = [pool.submit(_decode, path) for path in paths]
+    try:
+        for future in tqdm(futures, unit='img', disable=not progress, file=sys.stderr, mininterval=1.0):
+            future.result()
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # the decodes under way finish, no others start
+    else:
+        pool.shutdown()
+    done = [(path, future.result()) for path, future in zip(paths, futures)
+            if future.done() and not future.cancelled() and future.exception() is None]
+    return [(path, reason) for path, reason in done if reason is not None], len(done)
 
 
 def main(argv=None):
@@ -56,10 +69,14 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 2
     start = time.time()
-    bad = find_undecodable(paths, max(1, args.threads), progress=not args.no_progress)
+    bad, decoded = find_undecodable(paths, max(1, args.threads), progress=not args.no_progress)
     for path, reason in bad:
         print(f'{path}\t{reason}')
     summary = f'{len(bad)} cannot be decoded' if bad else 'all good'
+    if decoded < len(paths):
+        print(f'interrupted: {decoded} of {len(paths)} images decoded in {time.time() - start:.1f} s, '
+              f"{summary if bad else 'none bad'} so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f'{len(paths)} images decoded in {time.time() - start:.1f} s: {summary}', file=sys.stderr)
     return 1 if bad else 0
 

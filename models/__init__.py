@@ -1,10 +1,5 @@
-import warnings
-
-# timm's HRNet file still uses torch.jit.interface, which warns at every import of timm.
-warnings.filterwarnings('ignore', message='`torch.jit.interface` is deprecated', category=FutureWarning)
-
-from .simmim import SimMIM, VisionTransformerForSimMIM  # noqa: E402
-from .vision_transformer import VisionTransformer  # noqa: E402
+from .simmim import SimMIM, VisionTransformerForSimMIM
+from .vision_transformer import VisionTransformer
 
 MODEL_TYPES = ('pss_vit', 'vit')
 

@@ -11,6 +11,7 @@ The encoder is models/vision_transformer.py's VisionTransformer (num_classes 0) 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.layers import trunc_normal_
 
 from .vision_transformer import VisionTransformer

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+import quiet_timm  # noqa: F401  (before timm, which warns at import)
 from timm.layers import trunc_normal_
 
 from .patch_selection import (PATCH_SCORE_FUNCS, gather_tokens, num_kept_tokens, random_scores, select_tokens,

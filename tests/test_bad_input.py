@@ -202,6 +202,36 @@ def test_a_base_chain_that_cycles_is_one_line(existing_run, tmp_path, capsys):
     assert 'form a cycle' in result.stderr
 
 
+@pytest.mark.parametrize('content, messages', [
+    (b'TRAIN:\n  EPOCHS: 3\nTRAIN:\n  BASE_LR: 0.001\n', ("key 'TRAIN' is given twice, at lines 2 and 4",)),
+    ('TAG: caf\u00e9\n'.encode('latin-1'), ('is not UTF-8 text: byte 0xe9 at offset',)),
+    (b'TRAIN:\n  # EPOCHS: 3\n', ("section 'TRAIN' has no keys",)),
+    (b"BASE: ['no_such_base.yaml']\n", ('no_such_base.yaml', 'in the BASE: list of')),
+])
+def test_config_files_that_escaped_the_one_line_rule(existing_run, tmp_path, capsys, content, messages):
+    _, data, out = existing_run
+    cfg = tmp_path / 'bad.yaml'
+    base = b'' if content.startswith(b'BASE') else f"BASE: ['{os.path.abspath(CFG)}']\n".encode()
+    cfg.write_bytes(base + content)
+    expect_error(capsys, out, args_for(data, out, cfg=cfg), str(cfg), *messages)
+
+
+@pytest.mark.parametrize('dataset', ['digits', 'fashion_mnist'])
+def test_a_data_path_the_demo_dataset_would_ignore_is_refused(existing_run, tmp_path, capsys, dataset):
+    """The demo configs set DATA.DATASET digits: a --data-path of the user's own images must not be
+    ignored (nor receive a digits export); the user is told to set DATA.DATASET imagenet."""
+    _, _, out = existing_run
+    mine = make_image_folder(tmp_path / 'my_images', num_train=4, num_val=2)
+    before = sorted(os.path.relpath(os.path.join(d, n), mine) for d, ds, fs in os.walk(mine) for n in ds + fs)
+    expect_error(capsys, out, args_for(mine, out, 'DATA.DATASET', dataset), f"'{mine}'",
+                 'set DATA.DATASET imagenet')
+    after = sorted(os.path.relpath(os.path.join(d, n), mine) for d, ds, fs in os.walk(mine) for n in ds + fs)
+    assert after == before  # nothing written into the user's folder
+    expect_error(capsys, out, args_for(tmp_path / 'nowhere', out, 'DATA.DATASET', dataset), 'nowhere',
+                 'set DATA.DATASET imagenet')
+    assert not (tmp_path / 'nowhere').exists()
+
+
 @pytest.mark.parametrize('tag', ['../../../../escaped', '/abs/escaped', '../../escaped'])  # '../x' stays inside
 def test_a_tag_may_not_leave_the_output_folder(existing_run, tmp_path, capsys, tag):
     _, data, out = existing_run
@@ -271,3 +301,22 @@ def test_eval_pretrained_without_a_classifier_is_refused(existing_run, tmp_path,
     full = write_checkpoint(tmp_path / 'full.pth', {'model': trained})
     assert main_finetune.run(args_for(data, out, extra=['--eval', '--pretrained', full])) == 0
     assert 'Accuracy of the network on the 6 test images' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('command', [
+    ['main_finetune.py', '--cfg', 'no_such.yaml'],
+    ['main_simmim.py', '--cfg', 'no_such.yaml'],
+    ['sweep_drop.py', '--cfg', 'no_such.yaml'],
+    ['image_patches.py', '--cfg', 'no_such.yaml'],
+    ['patch_distribution.py', '--cfg', 'no_such.yaml'],
+    ['-m', 'data.verify', '--data-path', 'no_such_folder'],
+])
+def test_the_error_line_is_the_only_output_no_timm_warning_above_it(command):
+    """timm warns at import (torch.jit.interface is deprecated); a user's one-line error must stand alone."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr

@@ -173,3 +173,55 @@ def test_an_empty_yaml_gives_the_defaults(tmp_path):
     expected = get_default_config()
     expected.OUTPUT = os.path.join('', expected.MODEL.NAME, expected.TAG)
     assert config.dump() == expected.dump()
+
+
+# --- config files that escaped the one-line rule (issue 24): each message is one line, naming the place
+def one_line_error(path):
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    message = str(e.value)
+    assert '\n' not in message, message
+    return message
+
+
+def test_a_duplicate_key_is_refused_naming_the_key_and_both_lines(tmp_path):
+    path = tmp_path / 'dup.yaml'
+    # YAML keeps the last of two equal keys: the first TRAIN section (EPOCHS 3) would vanish in silence
+    path.write_text('TRAIN:\n  EPOCHS: 3\nMODEL:\n  NAME: x\nTRAIN:\n  BASE_LR: 0.001\n')
+    message = one_line_error(path)
+    assert str(path) in message and "'TRAIN'" in message and 'lines 1 and 5' in message, message
+    nested = tmp_path / 'nested.yaml'
+    nested.write_text('TRAIN:\n  EPOCHS: 3\n  WARMUP_EPOCHS: 1\n  EPOCHS: 4\n')
+    message = one_line_error(nested)
+    assert "'TRAIN.EPOCHS'" in message and 'lines 2 and 4' in message, message
+    # the same key name in two different sections is no duplicate
+    (tmp_path / 'fine.yaml').write_text('MODEL:\n  NAME: a\n  VIT:\n    DEPTH: 2\nTRAIN:\n  EPOCHS: 2\n')
+    assert load(str(tmp_path / 'fine.yaml')).MODEL.VIT.DEPTH == 2
+
+
+def test_a_byte_that_is_not_utf8_is_one_line_with_its_offset(tmp_path):
+    path = tmp_path / 'latin1.yaml'
+    path.write_bytes('TAG: caf\u00e9\n'.encode('latin-1'))  # byte 8 is 0xe9
+    message = one_line_error(path)
+    assert str(path) in message and 'UTF-8' in message and 'byte 0xe9 at offset 8' in message, message
+    path.write_bytes('TAG: caf\u00e9\n'.encode('utf-8'))
+    assert load(str(path)).TAG == 'caf\u00e9'
+
+
+@pytest.mark.parametrize('content, section', [
+    ('TRAIN:\n  # EPOCHS: 3\n  # BASE_LR: 0.1\n', 'TRAIN'),  # every key commented out: YAML null
+    ('TRAIN:\n  PATCH_SCHEDULER:\n#    NAME: linear\n', 'TRAIN.PATCH_SCHEDULER'),
+    ('TRAIN: 3\n', 'TRAIN'),
+])
+def test_a_section_without_keys_is_one_line(tmp_path, content, section):
+    path = tmp_path / 'empty_section.yaml'
+    path.write_text(content)
+    message = one_line_error(path)
+    assert str(path) in message and f"'{section}'" in message and 'section' in message, message
+
+
+def test_a_missing_base_file_names_the_file_that_includes_it(tmp_path):
+    (tmp_path / 'child.yaml').write_text("BASE: ['parent.yaml']\nTRAIN:\n  EPOCHS: 9\n")
+    message = one_line_error(tmp_path / 'child.yaml')
+    assert str(tmp_path / 'parent.yaml') in message and str(tmp_path / 'child.yaml') in message, message
+    assert 'BASE' in message

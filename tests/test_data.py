@@ -586,3 +586,69 @@ def test_per_sample_seeding_leaves_the_accelerators_generators_alone(tmp_path, m
     _, _, loader, _, _ = build_loader(make_config(tmp_path))
     loader.sampler.set_epoch(0)
     assert len(all_batches(loader)) == 2
+
+
+# ----------------------------------------------------------------------------- image modes
+def write_png_16bit_grey(path, pixels):
+    """A 16-bit greyscale PNG (colour type 0, big-endian samples) written byte by byte, not by PIL."""
+    def chunk(kind, payload):
+        return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', zlib.crc32(kind + payload))
+    h, w = pixels.shape
+    header = struct.pack('>IIBBBBB', w, h, 16, 0, 0, 0, 0)
+    rows = b''.join(b'\x00' + pixels[y].astype('>u2').tobytes() for y in range(h))  # filter byte 0 per row
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(rows))
+                     + chunk(b'IEND', b''))
+
+
+def test_16_bit_grey_images_are_scaled_to_8_bits_not_white(tmp_path):
+    """PIL's convert('RGB') clips 16-bit values at 255, so a 16-bit grey image came out all white."""
+    import numpy as np
+
+    from data.folder import read_rgb, to_rgb
+    values = (np.arange(16 * 12).reshape(12, 16) * 343).astype(np.uint16)  # 0 .. 65,513
+    expected = np.round(values / 257.0).astype(np.uint8)  # 65535 -> 255
+    by_pil = tmp_path / 'pil_16.png'
+    Image.fromarray(values).save(by_pil)
+    by_hand = tmp_path / 'hand_16.png'
+    write_png_16bit_grey(by_hand, values)
+    for path in (by_pil, by_hand):
+        with Image.open(path) as img:
+            assert img.mode.startswith('I'), img.mode
+        rgb = read_rgb(str(path))
+        assert rgb.mode == 'RGB' and rgb.size == (16, 12)
+        pixels = np.asarray(rgb)
+        for channel in range(3):
+            assert np.array_equal(pixels[..., channel], expected), path
+    # mode 'I' (32-bit ints, how older Pillow opened 16-bit PNGs) holds the same 16-bit range
+    as_int32 = Image.fromarray(values.astype(np.int32))
+    assert as_int32.mode == 'I'
+    assert np.array_equal(np.asarray(to_rgb(as_int32))[..., 1], expected)
+    # 8-bit images are unchanged
+    grey = Image.fromarray(expected)
+    assert np.array_equal(np.asarray(to_rgb(grey))[..., 0], expected)
+
+
+def test_verify_stopped_by_ctrl_c_lists_the_bad_files_found_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `python -m data.verify`: no traceback, the bad files found until then on stdout,
+    one line on stderr saying how far it got, exit status 130."""
+    from data import verify
+    make_folder(tmp_path, train=(4, 3, 3), val=(3, 2, 2))
+    bad = [tmp_path / 'train' / 'a' / 'cut.jpg', tmp_path / 'train' / 'c' / 'cut.jpg']
+    for path in bad:
+        write_truncated_jpeg(path)
+    paths = [p for split in verify.splits(str(tmp_path)) for p in verify.image_paths(split)]
+    stop_at = paths.index(str(bad[1])) + 2  # both bad files lie before the interruption
+    real_decode, calls = verify._decode, []
+
+    def decode_until_ctrl_c(path):
+        calls.append(path)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real_decode(path)
+
+    monkeypatch.setattr(verify, '_decode', decode_until_ctrl_c)
+    assert verify.main(['--data-path', str(tmp_path), '--threads', '1', '--no-progress']) == 130
+    out, err = capsys.readouterr()
+    assert [line.split('\t')[0] for line in out.splitlines()] == [str(p) for p in bad]
+    assert err.count('\n') == 1 and 'interrupted' in err and f'of {len(paths)} images' in err, err
+    assert '2 cannot be decoded' in err

@@ -235,7 +235,7 @@ def test_sweep_drop_matches_the_model_at_every_ratio(data_path, checkpoint, refe
     assert len({r['acc1'] for r in records}) > 1  # the ratios really differ
 
 
-def test_sweep_drop_leaves_the_ratios_done_when_stopped(data_path, checkpoint, tmp_path, monkeypatch):
+def test_sweep_drop_leaves_the_ratios_done_when_stopped(data_path, checkpoint, tmp_path, monkeypatch, capsys):
     calls = []
     real_evaluate = sweep_drop.evaluate
 
@@ -246,9 +246,13 @@ def test_sweep_drop_leaves_the_ratios_done_when_stopped(data_path, checkpoint, t
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(sweep_drop, 'evaluate', evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.0', '0.5', '0.8'))
+    capsys.readouterr()
+    # Ctrl-C: no traceback, one line saying what was kept, status 130 (128 + SIGINT)
+    assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.0', '0.5', '0.8')) == 130
     out = tmp_path / 'pss' / 'run'
+    err = capsys.readouterr().err
+    assert err.startswith('interrupted') and err.count('\n') == 1, err
+    assert str(out / 'sweep_drop.json') in err and 'drop ratios 0.0, 0.5' in err, err
     assert [r['drop_ratio'] for r in read_jsonl(out / 'sweep_drop.json')] == [0.0, 0.5]
     assert os.listdir(out) == ['sweep_drop.json']  # no temporary file left behind
 
@@ -411,3 +415,52 @@ def test_patch_distribution_with_2_processes_counts_each_image_once(data_path, c
         data = json.load(f)
     model, images, _ = reference
     check_distribution(data, model, images, [0.4, 0.8])
+
+
+# ----------------------------------------------------------------------------- unwritable output (issue 24)
+@pytest.mark.parametrize('script, full_pass', [
+    (sweep_drop, 'evaluate'), (image_patches, 'record_kept_patches'), (patch_distribution, 'count_kept_positions'),
+])
+def test_an_unwritable_output_is_refused_before_the_pass(data_path, checkpoint, tmp_path, capsys, monkeypatch,
+                                                         script, full_pass):
+    def never(*args, **kwargs):
+        raise AssertionError(f'{full_pass} ran although the output folder cannot be written')
+
+    monkeypatch.setattr(script, full_pass, never)
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    assert script.run(script_args(data_path, checkpoint, blocker / 'sub')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'cannot be created' in err and str(blocker) in err
+    assert blocker.read_text() == 'x'
+
+
+# ----------------------------------------------------------------------------- re-runs merge (issue 24)
+def test_a_sweep_drop_rerun_merges_by_drop_ratio(data_path, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'pss' / 'run' / 'sweep_drop.json'
+    assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.0', '0.4', '0.8')) == 0
+    first = read_jsonl(out)
+    # mark the earlier lines: 0.0 and 0.8 must be kept as they are, 0.4 replaced by its new measurement
+    marked = [dict(r, time=12345.0) if r['drop_ratio'] != 0.4 else dict(r, acc1=-1.0) for r in first]
+    out.write_text(''.join(json.dumps(r) + '\n' for r in marked))
+    capsys.readouterr()
+    assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.6', '0.4')) == 0
+    merged = read_jsonl(out)
+    assert [r['drop_ratio'] for r in merged] == [0.0, 0.4, 0.6, 0.8]  # one line per ratio, in order
+    assert merged[0] == marked[0] and merged[3] == marked[2]
+    assert merged[1]['acc1'] == first[1]['acc1'] and merged[1]['time'] != 12345.0
+    assert set(merged[2]) == SWEEP_FIELDS and merged[2]['num_tokens'] == round(0.4 * NUM_TOKENS)
+    log = capsys.readouterr().out
+    assert 'kept the earlier results for drop ratios 0.0, 0.8' in log and 'replaced 0.4' in log, log
+
+
+def test_a_sweep_drop_json_that_cannot_be_merged_is_left_alone(data_path, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'pss' / 'run' / 'sweep_drop.json'
+    out.parent.mkdir(parents=True)
+    for text in ('{"drop_ratio": 0.0, "acc1": 50.0}\nnot json\n', '{"acc1": 50.0}\n', '[1, 2]\n'):
+        out.write_text(text)
+        assert sweep_drop.run(script_args(data_path, checkpoint, tmp_path, '--drop-ratios', '0.4')) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and err.count('\n') == 1 and str(out) in err and 'line' in err, err
+        assert out.read_text() == text
