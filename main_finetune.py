@@ -95,15 +95,17 @@ class StopRequest:
     step and stop at the same step), and always for `stop.any_rank()`.
     """
 
-    def __init__(self, check_every=10):
+    def __init__(self, check_every=10, signals=(signal.SIGTERM, signal.SIGINT)):
         self.requested = False
         self.signal_name = ''
+        self.received = set()  # every signal that arrived (submitit_finetune.py requeues on its own)
         self.check_every = check_every
+        self.signals = tuple(signals)
         self._calls = 0
         self._previous = {}
 
     def __enter__(self):
-        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.signals}
         return self
 
     def __exit__(self, *exc):
@@ -113,6 +115,7 @@ class StopRequest:
     def _handler(self, signum, frame):
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        self.received.add(signum)
 
     def __call__(self):
         if get_world_size() == 1:
@@ -408,12 +411,16 @@ def run(argv=None):
 
 
 def run_script(parser, main_fn, argv=None):
-    """Parse `argv` with `parser`, then main_fn(config, stop, on_exit, warnings) under a
-    StopRequest; bad input is one `error:` line and EXIT_BAD_INPUT (main_simmim.py shares it)."""
-    args = parser.parse_args(argv)
+    """Parse `argv` with `parser`, then run_args (main_simmim.py shares it)."""
+    return run_args(parser.parse_args(argv), main_fn)
+
+
+def run_args(args, main_fn, stop=None):
+    """main_fn(config, stop, on_exit, warnings) for parsed `args`, under `stop` (default: a
+    StopRequest for SIGTERM / SIGINT); bad input is one `error:` line and EXIT_BAD_INPUT."""
     try:
         config = get_config(args)
-        with StopRequest() as stop, contextlib.ExitStack() as on_exit:
+        with stop or StopRequest() as stop, contextlib.ExitStack() as on_exit:
             return main_fn(config, stop, on_exit, config_warnings(config, args))
     except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
