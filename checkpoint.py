@@ -10,6 +10,7 @@
     check_state_dict(model, state['model'], path)          # --resume / --eval: same architecture?
     missing, unexpected = load_pretrained(config.PRETRAINED, model, logger)   # --pretrained
     load_model_weights(path, model)          # evaluate a checkpoint: every weight must fit exactly
+    state_dict = read_model_weights(path)    # the same weights, not loaded (export.py)
 
 Every failure is a CheckpointError naming the file and the reason. Checkpoints are read with
 `torch.load(weights_only=True)`; one that pickles Python objects (old releases hold a yacs config)
@@ -255,18 +256,27 @@ def _extract_state_dict(checkpoint, path):
                           f'or a bare state dict, found {keys}')
 
 
-def load_model_weights(path, model, trusted=False):
-    """Load a trained model's weights from `path` into `model`, for evaluation: all or nothing.
-
-    Accepts {'model': state_dict} or a bare state dict; keys starting with `encoder.` are stripped of
-    it (the other keys of such a file, a SimMIM decoder, are ignored). Unlike load_pretrained nothing
-    is resized or left initialised: check_state_dict raises CheckpointError listing missing keys,
-    unexpected keys and shape mismatches, and only then are the weights loaded (strict=False only
-    because relative_position_index buffers are rebuilt, not loaded). Returns the state dict loaded.
-    """
+def read_model_weights(path, trusted=False):
+    """The model weights a checkpoint file holds: {'model': state_dict} or a bare state dict; keys
+    starting with `encoder.` are stripped of it (the other keys of such a file, a SimMIM decoder,
+    are left out). CheckpointError when the file holds no weights."""
     state_dict = _extract_state_dict(load_checkpoint_file(path, trusted), path)
     if any(k.startswith('encoder.') for k in state_dict):
         state_dict = {k[len('encoder.'):]: v for k, v in state_dict.items() if k.startswith('encoder.')}
+    return state_dict
+
+
+def load_model_weights(path, model, trusted=False, state_dict=None):
+    """Load a trained model's weights from `path` into `model`, for evaluation: all or nothing.
+
+    The weights are read_model_weights(path) unless `state_dict` (already read from `path`) is
+    given. Unlike load_pretrained nothing is resized or left initialised: check_state_dict raises
+    CheckpointError listing missing keys, unexpected keys and shape mismatches, and only then are
+    the weights loaded (strict=False only because relative_position_index buffers are rebuilt, not
+    loaded). Returns the state dict loaded.
+    """
+    if state_dict is None:
+        state_dict = read_model_weights(path, trusted)
     check_state_dict(model, state_dict, path)
     model.load_state_dict(state_dict, strict=False)
     return state_dict
