@@ -40,13 +40,19 @@ class RunFailed(RuntimeError):
 
 def get_parser():
     parser = main_finetune.get_parser()
-    parser.description = 'PSS fine-tuning on SLURM (submitit); the other options are main_finetune.py\'s'
+    parser.prog = 'submitit_finetune.py'
+    parser.description = ('PSS fine-tuning on SLURM (submitit); the options above the SLURM group are '
+                          'main_finetune.py\'s')
+    # The same flag; under requeues it can only name where the first start begins.
+    parser._option_string_actions['--resume'].help = (
+        'checkpoint the first start resumes from (wins over auto-resume there); every requeued start '
+        'continues from the run folder\'s newest checkpoint')
     slurm = parser.add_argument_group('SLURM (submitit)')
     slurm.add_argument('--nodes', type=int, default=1, help='nodes to request (default 1)')
     slurm.add_argument('--ngpus', type=int, default=8, help='GPUs per node, one task each (default 8)')
     slurm.add_argument('--timeout', type=int, default=4320, metavar='MINUTES',
-                       help='time limit of each job in minutes (default 4320, 72 h); the job is requeued '
-                       'when it is reached')
+                       help='time limit of each job in minutes (default 4320, 72 h); '
+                       f'{REQUEUE_SIGNAL_DELAY_S} s before it the run writes a checkpoint and the job is requeued')
     slurm.add_argument('--partition', type=str, default='', help='SLURM partition (default: the cluster\'s)')
     slurm.add_argument('--job_dir', type=str, default='', metavar='PATH',
                        help='folder for submitit\'s files: the pickled job and every task\'s stdout / stderr '
