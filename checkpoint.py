@@ -9,6 +9,7 @@
             logger.warning(f'{e}; trying an older checkpoint')
     check_state_dict(model, state['model'], path)          # --resume / --eval: same architecture?
     load_model_weights(path, model)          # evaluate a checkpoint: every weight must fit exactly
+    state_dict = read_model_weights(path)    # the same weights, not loaded (export.py)
 
 Every failure is a CheckpointError naming the file and the reason. Checkpoints are read with
 `torch.load(weights_only=True)`; one that pickles Python objects (old releases hold a yacs config)
@@ -181,12 +182,18 @@ def encoder_weights(state_dict):
     return {k[len('encoder.'):]: v for k, v in state_dict.items() if k.startswith('encoder.')}
 
 
-def load_model_weights(path, model, trusted=False):
-    """Load a trained model's weights from `path` into `model`, for evaluation: all or nothing
-    (check_state_dict first; nothing resized or left initialised, unlike --pretrained). Of a SimMIM
-    checkpoint the encoder is loaded. Returns the state dict loaded."""
+def read_model_weights(path, trusted=False):
+    """The model weights a checkpoint file holds (of a SimMIM checkpoint, the encoder's)."""
     state_dict, _ = extract_state_dict(load_checkpoint_file(path, trusted), path)
-    state_dict = encoder_weights(state_dict) or state_dict
+    return encoder_weights(state_dict) or state_dict
+
+
+def load_model_weights(path, model, trusted=False, state_dict=None):
+    """Load a trained model's weights from `path` (or `state_dict`, already read from it) into `model`,
+    for evaluation: all or nothing (check_state_dict first; nothing resized or left initialised,
+    unlike --pretrained). Returns the state dict loaded."""
+    if state_dict is None:
+        state_dict = read_model_weights(path, trusted)
     check_state_dict(model, state_dict, path)
     model.load_state_dict(state_dict, strict=False)
     return state_dict

@@ -77,10 +77,11 @@ def evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_si
     return 0
 
 
-def main(config, args, on_exit):
+def main(config, args, on_exit, stop=None):
     """Train (or with --eval / --throughput, evaluate) as configured; returns the exit status.
     `on_exit` (an ExitStack) releases the run folder and the signal handlers however main ends."""
-    stop = on_exit.enter_context(StopRequest())  # SIGTERM / SIGINT: a checkpoint, then exit 3
+    # SIGTERM / SIGINT (and submitit's requeue signal, where it passes `stop`): a checkpoint, then exit 3
+    stop = on_exit.enter_context(stop or StopRequest())
     rank, world_size, local_rank, device = init_distributed_mode()
     if device.type == 'cpu':
         keep_freed_cpu_memory()  # every step's gradients without page faults

@@ -21,6 +21,7 @@ the keys (and from the `{'model': ...}` wrapper around them):
 | BEiT (unilm) | wrapped, `attn.q_bias` | `lm_head.*` and `mask_token` dropped |
 | PSS / SimMIM fine-tuned | wrapped with a `config` (either family) | none |
 | timm beit | bare, `attn.q_bias`, or `timm:<name>` | none |
+| PSS state dict | `.safetensors` with metadata `format: pss` (export.py --state-dict) | none |
 
 `.safetensors` files are read with the safetensors library (no pickle at all). `timm:<model_name>`
 asks timm for its pretrained weights (a download from the Hugging Face Hub, so it needs internet).
@@ -40,6 +41,7 @@ from utils import first_n
 
 TIMM_PREFIX = 'timm:'
 SHARED_TABLE = 'rel_pos_bias.relative_position_bias_table'
+PSS_STATE_DICT = 'PSS state dict (export.py --state-dict)'  # our names; metadata format 'pss'
 _FIRST_KEYS = 8  # keys listed in a message (the first of a file that is not a known format, ...)
 _logger = logging.getLogger(__name__)
 # timm ViT parts this model does not have: loading around them would silently change the network.
@@ -84,13 +86,16 @@ def timm_state_dict(model_name, **create_kwargs):
 
 
 def _read_safetensors(path):
-    from safetensors import SafetensorError
+    """(state dict, metadata) of a .safetensors file."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' not found")
     try:
-        return load_file(path, device='cpu')
+        with safe_open(path, 'pt') as f:
+            metadata = f.metadata() or {}
+        return load_file(path, device='cpu'), metadata
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint '{path}' cannot be read as safetensors: {e}") from None
 
@@ -150,7 +155,8 @@ def read_pretrained(spec, trusted=False):
         state_dict, kind = timm_state_dict(spec[len(TIMM_PREFIX):])
         return _convert(state_dict, None, f'timm {kind}', spec)
     if spec.endswith('.safetensors'):
-        return _convert(_read_safetensors(spec), None, None, spec)
+        state_dict, metadata = _read_safetensors(spec)
+        return _convert(state_dict, None, PSS_STATE_DICT if metadata.get('format') == 'pss' else None, spec)
     state_dict, wrapper = extract_state_dict(load_checkpoint_file(spec, trusted), spec)
     return _convert(state_dict, wrapper, None, spec)
 

@@ -64,17 +64,21 @@ class AverageMeter:
 
 
 # --- the command line ------------------------------------------------------------------------------
-def finetune_parser(pretrained_help=PRETRAINED_HELP, **kwargs):
-    """main_finetune.py's flags, which the experiment scripts take too (there --pretrained names
-    the weights to evaluate: their `pretrained_help`); `kwargs` go to ArgumentParser."""
+RESUME_HELP = ('checkpoint to resume from (or to evaluate with --eval); when given, it is used even if the '
+               'output folder holds newer checkpoints (auto-resume is skipped)')
+
+
+def finetune_parser(pretrained_help=PRETRAINED_HELP, resume_help=RESUME_HELP, **kwargs):
+    """main_finetune.py's flags, which the experiment scripts and submitit_finetune.py take too (with
+    their own meaning of --pretrained or --resume: `pretrained_help`, `resume_help`); `kwargs` go to
+    ArgumentParser."""
     parser = argparse.ArgumentParser(**kwargs)
     parser.add_argument('--cfg', type=str, required=True, metavar='FILE', help='path to the config file')
     parser.add_argument('--opts', default=None, nargs='+', help='override config options: KEY VALUE pairs')
     parser.add_argument('--batch-size', type=int, help='batch size per process')
     parser.add_argument('--data-path', type=str, help='dataset root with train/ and val/')
     parser.add_argument('--pretrained', type=str, help=pretrained_help)
-    parser.add_argument('--resume', help='checkpoint to resume from (or to evaluate with --eval); when given, it '
-                        'is used even if the output folder holds newer checkpoints (auto-resume is skipped)')
+    parser.add_argument('--resume', help=resume_help)
     parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step (at least 1)')
     parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')
     parser.add_argument('--amp-opt-level', type=str, choices=['O0', 'O1', 'O2'],
@@ -96,10 +100,14 @@ def run_script(parser, main, argv=None):
     ExitStack) is closed however main ends. A user's error is one `error:` line and EXIT_BAD_INPUT;
     a non-finite loss returns 1; Ctrl-C (where no StopRequest takes it) one line and EXIT_INTERRUPTED.
     The process group, if any, is left at the end."""
-    args = parser.parse_args(argv)
+    return run_args(parser.parse_args(argv), main)
+
+
+def run_args(args, main, **main_kwargs):
+    """run_script for parsed `args`; `main_kwargs` go to main (submitit_finetune.py: its StopRequest)."""
     try:
         with contextlib.ExitStack() as on_exit:
-            return main(get_config(args), args, on_exit)
+            return main(get_config(args), args, on_exit, **main_kwargs)
     except (ConfigError, DataError, CheckpointError, LaunchError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -125,15 +133,17 @@ class StopRequest:
     With several processes asking is a collective (all ranks stop at the same step), so it reduces
     only every `check_every`-th call, and always in `any_rank()`."""
 
-    def __init__(self, check_every=10):
+    def __init__(self, check_every=10, signals=(signal.SIGTERM, signal.SIGINT)):
         self.requested = False
         self.signal_name = ''
+        self.received = set()  # every signal that arrived (submitit_finetune.py requeues on its own)
+        self.signals = tuple(signals)
         self.check_every = check_every
         self._calls = 0
         self._previous = {}
 
     def __enter__(self):
-        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.signals}
         return self
 
     def __exit__(self, *exc):
@@ -143,6 +153,7 @@ class StopRequest:
     def _handler(self, signum, frame):
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        self.received.add(signum)
 
     def __call__(self):
         if get_world_size() == 1:
