@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import export
-from checkpoint import load_pretrained
+from pretrained import load_pretrained
 from data.build import build_transform
 from models import build_model
 from tests.helpers import make_image_folder, tiny_config
