@@ -58,6 +58,11 @@ processes, and each batch holds the same images as in a one-process run. `sample
 (the global index of each local batch) and `sampler.num_batches` (global batches) let evaluation
 sum per-batch results in one fixed order, for bit-identical numbers across world sizes.
 
+Input pipeline (DATA.LOADER): 'torch' (the default: DataLoader workers, timm's PIL transforms, as
+above) or 'dali' (data/dali.py: NVIDIA DALI, decoding and augmenting on the GPU, CPU operators
+without one; the same samplers and batches of the same images, the same calls; its augmentation is
+seeded per pipeline, so a resumed run draws differently after the resume).
+
 Mixup: timm's `Mixup` (with label smoothing MODEL.LABEL_SMOOTHING) when AUG.MIXUP > 0, AUG.CUTMIX > 0
 or AUG.CUTMIX_MINMAX is set, else None.
 """

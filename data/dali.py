@@ -47,7 +47,6 @@ from .seeding import sample_seed
 logger = logging.getLogger(__name__)
 
 LOADERS = ('torch', 'dali')
-CROP_PCT = 224 / 256  # TEST.CROP: the shorter side is resized to int(IMG_SIZE / CROP_PCT), as build_transform
 RRC_RATIO = (3 / 4, 4 / 3)  # timm's RandomResizedCrop aspect range (width / height)
 FILL = 128  # fill of rotate / shear / translate: DALI takes one value for all channels (timm: the mean pixel)
 NUM_BINS = 101  # RandAugment magnitudes 0.0, 0.1, ..., 10.0 (timm's scale, in steps of 0.1)
@@ -247,7 +246,7 @@ def _centre(length, size):
 
 
 def _val_graph(source, settings, gpu):
-    """The default loader's validation transform: the shorter side resized to int(IMG_SIZE / crop_pct)
+    """The default loader's validation transform: the shorter side resized to 256/224 of IMG_SIZE
     (the longer one as torchvision rounds it), the centre crop; or a plain resize to IMG_SIZE."""
     from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
@@ -257,7 +256,7 @@ def _val_graph(source, settings, gpu):
                                adjust_orientation=False)
     size, interp = settings['size'], _interp(settings['interpolation'])
     if settings['test_crop']:
-        resize = int(size / CROP_PCT)
+        resize = int(256 / 224 * size)  # as build_transform computes it
         shape = fn.peek_image_shape(files, dtype=types.INT32, adjust_orientation=False)  # H, W, C
         height, width = shape[0], shape[1]
         shorter = dmath.min(height, width)
