@@ -495,3 +495,9 @@ def test_a_checkpoints_top1_through_both_validation_loaders(demo_runs):
         correct[loader] = round(stats['acc1'] * 360 / 100)
     assert correct['dali'] == round(final_accuracy(demo_runs['dali']) * 360 / 100)  # as the run measured it
     assert abs(correct['dali'] - correct['torch']) <= 1, correct
+
+
+def test_simmim_pretraining_refuses_the_dali_loader(identified):
+    from data import build_pretrain_loader
+    with pytest.raises(DataError, match="DATA.LOADER 'dali' is for fine-tuning"):
+        build_pretrain_loader(make_config(identified, 'DATA.LOADER', 'dali'))
