@@ -42,6 +42,10 @@ _C.DATA.INTERPOLATION = 'bicubic'  # resize interpolation: random, bilinear or b
 _C.DATA.PIN_MEMORY = True  # pin CPU memory in the data loaders (faster copies to the GPU)
 _C.DATA.NUM_WORKERS = 8  # data-loading worker processes per training process
 _C.DATA.SKIP_BAD_IMAGES = False  # skip images that cannot be decoded (with a warning) instead of failing
+# input pipeline: 'torch' (DataLoader workers, timm's transforms) or 'dali' (NVIDIA DALI, requirements-dali.txt:
+# decoded and augmented on the GPU, with CPU operators where there is none; NUM_WORKERS is its CPU threads;
+# data/dali.py, README "Fast input on GPUs")
+_C.DATA.LOADER = 'torch'
 # Train (fine-tune, or pre-train with main_simmim.py) on this many training images only (0: all): the
 # same ones for every SEED, as equal a number per class as possible (data.folder.class_balanced_subset);
 # validation always uses every image.

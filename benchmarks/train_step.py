@@ -21,7 +21,10 @@ patch schedule (--predict, default the YAML files beside --cfg) next to the base
 --mode data: the training transform + loader (data.build_loader) on synthetic JPEGs written to a
 temporary folder, images/s for each --workers count w and per worker, over --data-batches batches
 after the first w (untimed: all w workers deliver their first batch at once); with a train JSON
-for the same device in --out, it also says how many workers each rho's step would need.
+for the same device in --out, it also says how many workers each rho's step would need. --loader
+dali: the NVIDIA DALI loader (DATA.LOADER dali, --workers counts its CPU threads; on CPU its CPU
+mode) timed against the default loader round-robin, --repeats rounds (a fresh pass per round), with
+the ratio of the two per worker/thread.
 With --cuda-graphs the step memory is what the warm-up and the capture reserve (a replay allocates nothing).
 
 Writes <out>/<mode>_<device>[_amp][_compile[_<mode>]][_cuda_graphs].json and .md (--out, default benchmarks/results/)
@@ -94,6 +97,8 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, nargs='+', default=None,
                    help='data mode: loader worker counts (default: 1 and min(8, CPUs))')
     p.add_argument('--data-batches', type=int, default=10, help='data mode: batches timed per worker count')
+    p.add_argument('--loader', choices=('torch', 'dali'), default='torch',
+                   help='data mode: dali times the DALI loader against the default one (round-robin)')
     p.add_argument('--out', default=str(REPO / 'benchmarks' / 'results'), help='output folder')
     args = p.parse_args(argv)
     if args.cuda_graphs and args.warmup < 2:
@@ -501,37 +506,59 @@ def time_batches(iterator, skip, count, clock=time.perf_counter):
     return clock() - start, skip + count
 
 
+def _time_loader(loader, epoch, skip, batches):
+    """Seconds for `batches` batches of a fresh pass over `loader` after `skip` untimed ones: start-up
+    (DALI: the pipeline build) and the first w batches, which all w workers deliver at once (counting
+    them overstated 16 workers by about 25%)."""
+    from data import set_train_epoch
+    set_train_epoch(loader, epoch)
+    elapsed, _ = time_batches(iter(loader), skip, batches)
+    return elapsed
+
+
 def run_data_mode(args, config):
-    from data import build_loader, set_train_epoch
+    from data import build_loader
     workers = args.workers or sorted({1, min(8, os.cpu_count() or 1)})
     batch = args.batch_size
+    loaders = ('torch', 'dali') if args.loader == 'dali' else ('torch',)
+    rounds = args.repeats if args.loader == 'dali' else 1
     rows = []
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix='pss_bench_data_') as root:
         # per worker count: w untimed batches, the timed ones, one spare
         num_train = batch * (max(workers) + args.data_batches + 1)
         _write_synthetic_imagenet(root, num_train, num_val=4)
         for w in workers:
-            cfg = config.clone()
-            cfg.defrost()
-            cfg.DATA.DATA_PATH, cfg.DATA.DATASET, cfg.DATA.NUM_WORKERS = root, 'imagenet', w
-            cfg.freeze()
-            _, _, loader, _, _ = build_loader(cfg)
-            set_train_epoch(loader, 0)
-            # untimed: worker start-up and the first w batches, which all w workers deliver at
-            # once (counting them overstated 16 workers by about 25%)
-            elapsed, _ = time_batches(iter(loader), max(w, 1), args.data_batches)
-            del loader
-            rate = args.data_batches * batch / elapsed
-            rows.append({'workers': w, 'images_per_s': rate, 'images_per_s_per_worker': rate / max(w, 1),
-                         'untimed_batches': max(w, 1)})
-    result = {'rows': rows, 'images': '500 x 375 JPEG, quality 90', 'load_average_after': load_average()}
+            built = {}
+            for name in loaders:
+                cfg = config.clone()
+                cfg.defrost()
+                cfg.DATA.DATA_PATH, cfg.DATA.DATASET, cfg.DATA.NUM_WORKERS, cfg.DATA.LOADER = root, 'imagenet', w, name
+                cfg.freeze()
+                built[name] = build_loader(cfg)[2]
+            seconds = {name: [] for name in loaders}
+            for r in range(rounds):  # round-robin: a change in machine load hits both alike
+                for name in loaders:
+                    seconds[name].append(_time_loader(built[name], r, max(w, 1), args.data_batches))
+            del built
+            for name in loaders:
+                rate = args.data_batches * batch / statistics.median(seconds[name])
+                # DALI runs at least one thread (NUM_WORKERS 0: one); the default loader's 0 is the main process
+                per = max(w, 1)
+                rows.append({'loader': name, 'workers': w, 'images_per_s': rate, 'images_per_s_per_worker': rate / per,
+                             'untimed_batches': max(w, 1), 'seconds': seconds[name]})
+    result = {'rows': rows, 'images': '500 x 375 JPEG, quality 90', 'rounds': rounds,
+              'load_average_before': load_before, 'load_average_after': load_average()}
+    if args.loader == 'dali':
+        by = {(r['loader'], r['workers']): r['images_per_s'] for r in rows}
+        result['dali_over_torch'] = {w: by['dali', w] / by['torch', w] for w in workers}
     # How many workers each rho's step would need, from a train run on the same device.
     stem = f"train_{args.device.split(':')[0]}{'_amp' if args.amp else ''}"
     candidates = [Path(args.out) / f'{stem}_cuda_graphs.json', Path(args.out) / f'{stem}.json']  # fastest first
     train_json = next((path for path in candidates if path.exists()), candidates[-1])
     if train_json.exists():
         train = json.loads(train_json.read_text())
-        per_worker = max(r['images_per_s_per_worker'] for r in rows)
+        per_worker = max(r['images_per_s_per_worker'] for r in rows if r['loader'] == 'torch')
         result['workers_needed'] = [
             {'rho': r['rho'], 'images_per_s': r['images_per_s'], 'workers': r['images_per_s'] / per_worker}
             for r in train['rows'] if r['model'] == 'ours']
@@ -553,10 +580,14 @@ def markdown(args, meta, result):
              f"{meta['date']}; torch {meta['torch']}, timm {meta['timm']}; load average "
              f"{result.get('load_average_before')} before, {result.get('load_average_after')} after.", '']
     if args.mode == 'data':
-        lines += ['| workers | images/s | images/s per worker |', '|---|---|---|']
-        lines += [f"| {r['workers']} | {r['images_per_s']:.1f} | {r['images_per_s_per_worker']:.1f} |"
+        lines += ['| loader | workers (DALI: threads) | images/s | images/s per worker |', '|---|---|---|---|']
+        lines += [f"| {r['loader']} | {r['workers']} | {r['images_per_s']:.1f} | {r['images_per_s_per_worker']:.1f} |"
                   for r in result['rows']]
-        lines += ['', f"Synthetic {result['images']}, training transform of the config (data.build_loader)."]
+        lines += ['', f"Synthetic {result['images']}, training transform of the config (data.build_loader); "
+                  f"median of {result['rounds']} round(s) of {args.data_batches} batches."]
+        if 'dali_over_torch' in result:
+            lines += ['', 'DALI over the default loader, per worker / thread: ' + ', '.join(
+                f'{ratio:.2f}x at {w}' for w, ratio in result['dali_over_torch'].items()) + '.']
         if 'workers_needed' in result:
             lines += ['', '| rho | step images/s | workers needed |', '|---|---|---|']
             lines += [f"| {r['rho']:.1f} | {r['images_per_s']:.1f} | {r['workers']:.2f} |"

@@ -10,6 +10,10 @@ val/), 'digits' (digits.py) and 'fashion_mnist' (fashion_mnist.py), both exporte
 Bad input is a DataError before any training (folder.py). The training order depends only on (SEED,
 epoch) and each sample's augmentation on (SEED, epoch, index) (samplers.py, seeding.py), so resumes
 are exact; validation counts every image once for any number of processes (ExactDistributedSampler).
+Input pipeline (DATA.LOADER): 'torch' (the default: DataLoader workers, timm's PIL transforms) or
+'dali' (dali.py: NVIDIA DALI, decoding and augmenting on the GPU, CPU operators without one; the same
+samplers and batches of the same images; its augmentation is seeded per pipeline, so a resumed run
+draws differently after the resume).
 """
 from .build import (DATASETS, build_dataset, build_loader, build_mixup, build_transform, build_val_loader,
                     set_train_epoch)

@@ -15,6 +15,7 @@ from torchvision import transforms
 
 from utils import get_rank, get_world_size
 
+from . import dali
 from .digits import export_digits
 from .fashion_mnist import export_fashion_mnist, has_idx_files
 from .folder import DataError, check_same_classes, image_folder, split_dir
@@ -47,6 +48,11 @@ def _check_settings(config, training=True):
     if config.DATA.INTERPOLATION not in INTERPOLATIONS:
         raise DataError(f"DATA.INTERPOLATION '{config.DATA.INTERPOLATION}' is not known; "
                         f"valid values: {', '.join(INTERPOLATIONS)}")
+    if config.DATA.LOADER not in dali.LOADERS:
+        raise DataError(f"DATA.LOADER '{config.DATA.LOADER}' is not known; valid values: {', '.join(dali.LOADERS)}")
+    if config.DATA.LOADER == 'dali':  # before any image is read: what DALI is missing or cannot do
+        dali.import_dali()
+        dali.settings_from_config(config)
     if training and _mixup_enabled(config) and config.DATA.BATCH_SIZE % 2:
         raise DataError(f'DATA.BATCH_SIZE {config.DATA.BATCH_SIZE} is odd, but Mixup/CutMix (AUG.MIXUP, '
                         f'AUG.CUTMIX, AUG.CUTMIX_MINMAX) mixes pairs of samples and needs an even batch size')
@@ -155,6 +161,8 @@ def _split_dataset(root, is_train, config):
     subset = config.DATA.TRAIN_SUBSET if is_train else 0
     dataset = image_folder(split_dir(root, split), build_transform(is_train, config), config.DATA.SKIP_BAD_IMAGES,
                            subset)
+    if config.DATA.LOADER == 'dali':
+        dali.check_images(dataset, config.DATA.SKIP_BAD_IMAGES)
     logger.info('%s: %d images in %d classes from %s', split, len(dataset), len(dataset.classes), dataset.root)
     return dataset
 
@@ -202,6 +210,8 @@ def _val_loader(dataset_val, config):
     # Whole validation batches per rank, so each batch holds the same images whatever the world size.
     sampler_val = ExactDistributedSampler(dataset_val, num_replicas=get_world_size(), rank=get_rank(),
                                           batch_size=config.DATA.BATCH_SIZE)
+    if config.DATA.LOADER == 'dali':
+        return dali.DaliLoader(dataset_val, sampler_val, config, training=False)
     return DataLoader(dataset_val, sampler=sampler_val, shuffle=False, drop_last=False,
                       generator=torch.Generator(), **_loader_kwargs(config))
 
@@ -217,7 +227,8 @@ def set_train_epoch(data_loader_train, epoch, start_batch=0):
     """Before each epoch: fix its order and augmentation seeds; skip its first `start_batch`
     batches when resuming mid-epoch (they are not loaded)."""
     data_loader_train.sampler.set_epoch(epoch, start_batch=start_batch)
-    data_loader_train.dataset.set_epoch(epoch)
+    if hasattr(data_loader_train.dataset, 'set_epoch'):  # SeededDataset; DALI seeds from the sampler's epoch
+        data_loader_train.dataset.set_epoch(epoch)
 
 
 def build_loader(config):
@@ -242,8 +253,11 @@ def build_loader(config):
     # batches depend only on (SEED, epoch), never on the training process's RNG or the resume point.
     # Workers are not persistent so that each epoch's workers see the epoch set by set_train_epoch.
     kwargs = dict(_loader_kwargs(config), persistent_workers=False)
-    data_loader_train = DataLoader(SeededDataset(dataset_train, config.SEED), sampler=sampler_train,
-                                   drop_last=True, generator=torch.Generator(), **kwargs)
+    if config.DATA.LOADER == 'dali':
+        data_loader_train = dali.DaliLoader(dataset_train, sampler_train, config, training=True)
+    else:
+        data_loader_train = DataLoader(SeededDataset(dataset_train, config.SEED), sampler=sampler_train,
+                                       drop_last=True, generator=torch.Generator(), **kwargs)
     data_loader_val = _val_loader(dataset_val, config)
 
     mixup_fn = build_mixup(config, num_classes=len(dataset_train.classes))

@@ -28,7 +28,7 @@ from torchvision import transforms
 from utils import get_rank, get_world_size
 
 from .build import _check_iterations, _loader_kwargs, dataset_root
-from .folder import image_folder
+from .folder import DataError, image_folder
 from .samplers import ResumableDistributedSampler
 from .seeding import SeededDataset
 
@@ -105,6 +105,9 @@ def pretrain_image_folder(root):
 def build_pretrain_loader(config):
     """(dataset, data_loader) for SimMIM pre-training; the loader yields (images [B, 3, H, W],
     masks [B, h, w] uint8). Raises DataError for the same bad inputs as build_loader."""
+    if config.DATA.LOADER != 'torch':
+        raise DataError(f"DATA.LOADER '{config.DATA.LOADER}' is for fine-tuning; SimMIM pre-training reads its images "
+                        "with the default loader: set DATA.LOADER torch")
     root = dataset_root(config, training=False)  # no Mixup in pre-training: any batch size
     dataset = image_folder(pretrain_image_folder(root), SimMIMTransform(config), config.DATA.SKIP_BAD_IMAGES,
                            config.DATA.TRAIN_SUBSET)
