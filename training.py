@@ -104,8 +104,10 @@ def run_script(parser, main, argv=None):
     return run_args(parser.parse_args(argv), main)
 
 
-def run_args(args, main, **main_kwargs):
-    """run_script for parsed `args`; `main_kwargs` go to main (submitit_finetune.py: its StopRequest)."""
+def run_args(args, main, keep_process_group=False, **main_kwargs):
+    """run_script for parsed `args`; `main_kwargs` go to main (submitit_finetune.py: its StopRequest).
+    `keep_process_group`: the caller still needs it (submitit_finetune.py: the ranks agree on a requeue)
+    and leaves it itself."""
     try:
         with contextlib.ExitStack() as on_exit:
             return main(get_config(args), args, on_exit, **main_kwargs)
@@ -119,7 +121,7 @@ def run_args(args, main, **main_kwargs):
         print(f'interrupted{": " if str(e) else ""}{e}', file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if torch.distributed.is_initialized():
+        if torch.distributed.is_initialized() and not keep_process_group:
             torch.distributed.destroy_process_group()
 
 
