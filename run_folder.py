@@ -163,7 +163,7 @@ class RunLock:
 
 
 # --- stale temporary files -------------------------------------------------------------------------
-def remove_stale_tmp_files(folder, log=logger):
+def remove_stale_tmp_files(folder):
     """Delete the temporary files an interrupted checkpoint or log write left in `folder`.
     Safe only while holding the folder's RunLock (no other run is writing them). Returns the paths."""
     if not os.path.isdir(folder):
@@ -171,9 +171,6 @@ def remove_stale_tmp_files(folder, log=logger):
     removed = [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if _TMP_RE.fullmatch(name)]
     for path in removed:
         os.remove(path)
-    if removed:
-        log.warning(f'removed {len(removed)} temporary file(s) of an interrupted write: '
-                    f'{", ".join(os.path.basename(p) for p in removed)}')
     return removed
 
 

@@ -86,7 +86,7 @@ class Trainer:
         # submitit's handler (rank 0 checkpoints the job and requeues it) runs once our checkpoint is written.
         submitit_requeue = signal.getsignal(usr_signal)
         stop = StopRequest(signals=(signal.SIGTERM, signal.SIGINT, usr_signal))
-        status = run_args(self.job_args(), main_finetune.main, stop=stop)
+        status = run_args(self.job_args(), main_finetune.main, keep_process_group=True, stop=stop)
         requeue = status == EXIT_PREEMPTED and any(all_gather_object(usr_signal in stop.received))
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import logging
 import math
 import os
 import random
@@ -103,8 +104,10 @@ def run_script(parser, main, argv=None):
     return run_args(parser.parse_args(argv), main)
 
 
-def run_args(args, main, **main_kwargs):
-    """run_script for parsed `args`; `main_kwargs` go to main (submitit_finetune.py: its StopRequest)."""
+def run_args(args, main, keep_process_group=False, **main_kwargs):
+    """run_script for parsed `args`; `main_kwargs` go to main (submitit_finetune.py: its StopRequest).
+    `keep_process_group`: the caller still needs it (submitit_finetune.py: the ranks agree on a requeue)
+    and leaves it itself."""
     try:
         with contextlib.ExitStack() as on_exit:
             return main(get_config(args), args, on_exit, **main_kwargs)
@@ -118,7 +121,7 @@ def run_args(args, main, **main_kwargs):
         print(f'interrupted{": " if str(e) else ""}{e}', file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if torch.distributed.is_initialized():
+        if torch.distributed.is_initialized() and not keep_process_group:
             torch.distributed.destroy_process_group()
 
 
@@ -292,7 +295,11 @@ class TrainingRun:
         path, state = find_resume_checkpoint(self.config, self.model, logger)
         if state is not None:
             self._restore(path, state, logger)
-        if self.rank == 0:
+        if self.rank == 0:  # safe: the lock keeps other runs out; first, as truncate_logs writes <log>.tmp
+            removed = remove_stale_tmp_files(self.config.OUTPUT)
+            if removed:
+                self.notes.append((logging.WARNING, f'removed {len(removed)} temporary file(s) of an interrupted '
+                                                    f'write: {", ".join(os.path.basename(p) for p in removed)}'))
             truncate_logs(self.config.OUTPUT, self.resumed_global_step, self.start_epoch)
 
     def _restore(self, path, state, logger):
@@ -309,7 +316,7 @@ class TrainingRun:
         self.start_step = state.get('step_in_epoch', 0)  # steps_per_epoch: trained, not yet validated
         self.start_epoch = state['epoch'] + (0 if self.start_step else 1)
         # also the original's checkpoints (another optimizer layout, no scheduler states we can use)
-        self.notes = resume_optimizer(self.optimizer, self.lr_scheduler, state,
+        self.notes += resume_optimizer(self.optimizer, self.lr_scheduler, state,
                                       self.start_epoch * spe + self.start_step)
         if 'scaler' in state:
             self.scaler.load_state_dict(state['scaler'])
@@ -327,8 +334,7 @@ class TrainingRun:
     # --- the run folder ----------------------------------------------------------------------------
     def open_folder(self, logger, files=None):
         """From here on the run folder is written: config.yaml and `files` ({name: text}), the log file
-        log_rank<r>.txt, train_log.json; temporary files of an interrupted write are removed. Returns
-        the logger, now writing to the folder too."""
+        log_rank<r>.txt, train_log.json. Returns the logger, now writing to the folder too."""
         config = self.config
         if self.rank == 0:
             os.makedirs(config.OUTPUT, exist_ok=True)
@@ -338,7 +344,6 @@ class TrainingRun:
             for name, text in {'config.yaml': config.dump(), **(files or {})}.items():
                 with open(os.path.join(config.OUTPUT, name), 'w') as f:
                     f.write(text)
-            remove_stale_tmp_files(config.OUTPUT, logger)  # safe: the lock keeps other runs out
         logger.info(f'output folder {config.OUTPUT}; resuming at epoch {self.start_epoch}, step {self.start_step}'
                     if self.resumed else f'output folder {config.OUTPUT}')
         for level, note in self.notes:

@@ -66,15 +66,17 @@ def _holds_export(folder, dataset):
 def _check_export_folder(data_path, dataset):
     """The digits and Fashion-MNIST read DATA.DATA_PATH as the folder of their export (Fashion-MNIST: or
     of its IDX files): one that holds neither is most likely the user's own images, which these
-    datasets would ignore, writing an export into it instead."""
+    datasets would ignore, writing an export into it instead. A path that does not exist yet, or an empty
+    folder, holds nothing of the user's: the export goes there."""
+    if not os.path.exists(data_path) or (os.path.isdir(data_path) and not os.listdir(data_path)):
+        return
     if os.path.isdir(data_path):
         if _holds_export(data_path, dataset):
             return
         if dataset == 'fashion_mnist' and has_idx_files(data_path):
             return
     lacks, instead = EXPORTED_DATASETS[dataset]
-    found = 'does not exist' if not os.path.exists(data_path) else (
-        'is not a folder' if not os.path.isdir(data_path) else f'holds {lacks}')
+    found = 'is not a folder' if not os.path.isdir(data_path) else f'holds {lacks}'
     raise DataError(f"DATA.DATASET is '{dataset}', but the data path '{data_path}' {found}: to train on the "
                     'images of an ImageFolder root (train/ and val/), set DATA.DATASET imagenet (--opts '
                     f'DATA.DATASET imagenet); {instead}')

@@ -9,6 +9,7 @@ import torch
 from yacs.config import CfgNode
 
 import main_finetune
+from data import DataError
 from tests.helpers import make_image_folder
 from tests.test_finetune import TINY
 
@@ -227,9 +228,24 @@ def test_a_data_path_the_demo_dataset_would_ignore_is_refused(existing_run, tmp_
                  'set DATA.DATASET imagenet')
     after = sorted(os.path.relpath(os.path.join(d, n), mine) for d, ds, fs in os.walk(mine) for n in ds + fs)
     assert after == before  # nothing written into the user's folder
-    expect_error(capsys, out, args_for(tmp_path / 'nowhere', out, 'DATA.DATASET', dataset), 'nowhere',
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    expect_error(capsys, out, args_for(a_file, out, 'DATA.DATASET', dataset), 'is not a folder',
                  'set DATA.DATASET imagenet')
-    assert not (tmp_path / 'nowhere').exists()
+
+
+def test_a_new_or_empty_data_path_receives_the_demo_export(tmp_path):
+    """A --data-path that does not exist yet, or an empty folder, holds nothing the export would ignore:
+    it is where the digits are exported."""
+    from data.build import _check_export_folder
+
+    (tmp_path / 'empty').mkdir()
+    for path in (tmp_path / 'nowhere', tmp_path / 'empty'):
+        _check_export_folder(str(path), 'digits')  # no error
+        assert not (tmp_path / 'nowhere').exists()  # the check itself writes nothing
+    (tmp_path / 'empty' / 'photo.jpg').write_bytes(b'x')
+    with pytest.raises(DataError, match='holds no digits export'):
+        _check_export_folder(str(tmp_path / 'empty'), 'digits')
 
 
 @pytest.mark.parametrize('tag', ['../../../../escaped', '/abs/escaped', '../../escaped'])  # '../x' stays inside
