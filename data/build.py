@@ -59,7 +59,8 @@ def _check_settings(config, training=True):
 
 
 def _holds_export(folder, dataset):
-    pattern = re.compile(rf'{dataset}_\d+')
+    # an export another process is writing (data/export.py's temporary folder) counts: it is about to be one
+    pattern = re.compile(rf'\.?{dataset}_\d+(\.tmp\..*)?')
     return any(entry.is_dir() and pattern.fullmatch(entry.name) for entry in os.scandir(folder))
 
 

@@ -243,7 +243,11 @@ def test_a_new_or_empty_data_path_receives_the_demo_export(tmp_path):
     for path in (tmp_path / 'nowhere', tmp_path / 'empty'):
         _check_export_folder(str(path), 'digits')  # no error
         assert not (tmp_path / 'nowhere').exists()  # the check itself writes nothing
+    # another process's export in progress (two ranks starting at once): a folder of exports too
+    (tmp_path / 'empty' / '.digits_32.tmp.host.123.abc').mkdir()
+    _check_export_folder(str(tmp_path / 'empty'), 'digits')
     (tmp_path / 'empty' / 'photo.jpg').write_bytes(b'x')
+    (tmp_path / 'empty' / '.digits_32.tmp.host.123.abc').rmdir()
     with pytest.raises(DataError, match='holds no digits export'):
         _check_export_folder(str(tmp_path / 'empty'), 'digits')
 
