@@ -86,6 +86,19 @@ def default_folders(dataset, quick):
     return 'results' + suffix, os.path.join('output', 'reproduce' + suffix)
 
 
+def without_folders(argv):
+    """`argv` without --out / --work and their values."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ('--out', '--work'):
+            skip = True
+        elif not arg.startswith(('--out=', '--work=')):
+            kept.append(arg)
+    return kept
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = get_parser().parse_args(argv)
@@ -108,10 +121,10 @@ def main(argv=None):
             print(f"{len(report['ran'])} run(s) done, {len(report['skipped'])} skipped, in "
                   f"{format_seconds(report['seconds'])}; writing {out}/README.md and {out}/figures", flush=True)
         else:
+            same = ' '.join(['python reproduce.py', *without_folders(argv)])
             print(f'nothing to train: all {len(report["skipped"])} runs are finished in {out}/runs; the report is '
                   f'rewritten from them: the same file unless the runs or the code changed. To train everything again, '
-                  f'give new folders: python reproduce.py {" ".join(argv)} --out <new results> --work <new work>'
-                  .replace('  ', ' '), flush=True)
+                  f'give new folders: {same} --out <new results> --work <new work>', flush=True)
         claims = write_report(out, plan, canonical_command(plan, args.quick))
     except ReproduceError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -150,7 +150,10 @@ def test_a_command_that_trains_nothing_says_so_and_leaves_the_report_as_committe
     shutil.copytree(out, copy)
     assert reproduce.main(['--out', copy, '--work', str(tmp_path / 'work')]) == 0
     printed = capsys.readouterr().out
-    assert 'nothing to train: all 16 runs are finished' in printed and '--out <new results>' in printed
+    assert 'nothing to train: all 16 runs are finished' in printed
+    assert 'give new folders: python reproduce.py --out <new results> --work <new work>' in printed
+    assert reproduce.without_folders(['--study', 'length', '--out', 'a', '--work=b', '--seeds', '0']) == [
+        '--study', 'length', '--seeds', '0']
     with open(os.path.join(copy, 'README.md')) as f:
         rewritten = f.read()
     with open(os.path.join(out, 'README.md')) as f:
