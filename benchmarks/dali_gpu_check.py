@@ -3,16 +3,20 @@
     python benchmarks/dali_gpu_check.py OUT_DIR [--work DIR]     # on the CUDA host, ~3 minutes on an H200
     TINY=1 python benchmarks/dali_gpu_check.py OUT_DIR           # CPU dry run: tiny model, few images
 
+benchmarks/gpu_check.sh runs it as its part data_end_to_end, with --feeds synthetic torch where
+nvidia.dali is not installed (the lent GPU host reaches no package index).
+
 On a synthetic ImageFolder of 500 x 375 JPEGs (written to --work, by default a temporary folder that
 is removed afterwards), with the config's training transform (default: the paper's ViT-B config,
 RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, Mixup/CutMix on the device):
 
 1. loader: the DALI loader's images/s (data.dali.DaliLoader, decoding with device='mixed') with
    --threads CPU threads (default 2, 4, 8): one pass to build and warm it, then one timed pass.
+   Only when --feeds includes dali.
 2. end to end: the training step as main_finetune.py runs it (the batch from the loader, to the
    device, Mixup, fast_step.TrainStep in bf16, with CUDA graphs on CUDA, one host read per step) at
    every rho, fed by synthetic device tensors, by the default loader with --torch-workers workers
-   (16) and by DALI with --e2e-threads threads (4); --warmup then --steps steps per rho, in one
+   (16) and by DALI with --e2e-threads threads (4), those of --feeds; --warmup then --steps steps per rho, in one
    epoch of each loader (so worker start-up happens once, before the first warm-up step).
 
 Writes OUT_DIR/dali_gpu_check.json: images/s per thread count, per rho and feed the step's
@@ -43,6 +47,7 @@ from benchmarks.train_step import RHOS, make_optimizer, predict_training_time  #
 from config import get_config  # noqa: E402
 
 CFG = 'configs/vit-b/magnitude_cyclic_80_0.yaml'
+FEEDS = ('synthetic', 'torch', 'dali')
 CYCLIC = 'configs/vit-b/magnitude_cyclic_80_0.yaml'  # the schedule whose saving is predicted
 TINY_OPTS = ['DATA.IMG_SIZE', '32', 'MODEL.VIT.PATCH_SIZE', '8', 'MODEL.VIT.EMBED_DIM', '32', 'MODEL.VIT.DEPTH', '2',
              'MODEL.VIT.NUM_HEADS', '2']
@@ -65,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=2 if tiny else 15, help='timed steps per rho')
     p.add_argument('--rhos', type=float, nargs='+', default=list(RHOS))
     p.add_argument('--classes', type=int, default=10, help='class folders of the synthetic ImageFolder')
+    p.add_argument('--feeds', nargs='+', choices=FEEDS, default=list(FEEDS),
+                   help='what feeds the end-to-end step; without dali, the loader part is skipped too '
+                        '(a host without DALI still measures the default loader against synthetic tensors)')
     args = p.parse_args(argv)
     args.tiny = tiny
     return args
@@ -162,7 +170,8 @@ def _feeds(args, root, device):
         feed = DaliLoader(dataset, loader.sampler, config, training=True, device=device, num_threads=args.e2e_threads)
         set_train_epoch(feed, 0)
         return iter(feed)
-    return {'synthetic': synthetic, 'torch': default, 'dali': dali}
+    feeds = {'synthetic': synthetic, 'torch': default, 'dali': dali}
+    return {name: feeds[name] for name in FEEDS if name in args.feeds}
 
 
 def end_to_end_part(args, root, device, errors):
@@ -241,20 +250,25 @@ def summarise(args, loader_rows, step_s):
 
 def markdown(result):
     meta = result['meta']
-    lines = [f"## DALI GPU check: {meta['device_name']}, batch {meta['batch_size']}", '', f"`{meta['command']}`", '',
-             '| DALI threads | images/s |', '|---|---|']
-    lines += [f"| {r['threads']} | {r['images_per_s']:.0f} |" for r in result.get('loader', [])]
+    lines = [f"## DALI GPU check: {meta['device_name']}, batch {meta['batch_size']}", '', f"`{meta['command']}`"]
+    if result.get('loader'):
+        lines += ['', '| DALI threads | images/s |', '|---|---|']
+        lines += [f"| {r['threads']} | {r['images_per_s']:.0f} |" for r in result['loader']]
     if result.get('end_to_end'):
-        feeds = [n for n in ('synthetic', 'torch', 'dali') if f'{n}_ms' in result['end_to_end'][0]]
-        header = ' | '.join(f'{n} images/s' for n in feeds)
-        lines += ['', f'| rho | {header} | torch / synthetic | dali / synthetic |', '|---|' + '---|' * (len(feeds) + 2)]
+        first = result['end_to_end'][0]
+        feeds = [n for n in FEEDS if f'{n}_ms' in first]
+        ratios = [n for n in ('torch', 'dali') if f'{n}_over_synthetic' in first]
+        lines += ['', '| rho | ' + ' | '.join([f'{n} images/s' for n in feeds] + [f'{n} / synthetic' for n in ratios])
+                  + ' |', '|---|' + '---|' * (len(feeds) + len(ratios))]
         for r in result['end_to_end']:
-            lines.append(f"| {r['rho']:.1f} | " + ' | '.join(f"{r[f'{n}_images_per_s']:.0f}" for n in feeds) +
-                         f" | {r.get('torch_over_synthetic', float('nan')):.2f} | "
-                         f"{r.get('dali_over_synthetic', float('nan')):.2f} |")
-        lines += ['', 'Predicted saving of the cyclic schedule (step time over its rho distribution): ' + ', '.join(
-            f'{name} {100 * saving:.1f}%' for name, saving in result.get('cyclic_saving', {}).items()) + '.']
-    lines += ['', 'Targets: ' + ', '.join(f'{k}: {v}' for k, v in result.get('targets', {}).items()) + '.']
+            lines.append(f"| {r['rho']:.1f} | " + ' | '.join(
+                [f"{r[f'{n}_images_per_s']:.0f}" for n in feeds] + [f"{r[f'{n}_over_synthetic']:.2f}" for n in ratios])
+                + ' |')
+        savings = result.get('cyclic_saving') or {}
+        lines += ['', 'Predicted saving of the cyclic schedule (step time over its rho distribution): ' + (', '.join(
+            f'{name} {100 * saving:.1f}%' for name, saving in savings.items()) or f'needs every rho of {RHOS}') + '.']
+    if result.get('targets'):
+        lines += ['', 'Targets: ' + ', '.join(f'{k}: {v}' for k, v in result['targets'].items()) + '.']
     if result.get('errors'):
         lines += ['', 'Errors: ' + '; '.join(result['errors'])]
     return '\n'.join(lines) + '\n'
@@ -281,8 +295,9 @@ def main(argv=None):
         start = time.perf_counter()
         write_dataset(work, num_train, args.classes)
         print(f'{num_train} JPEGs (500 x 375) written to {work} in {time.perf_counter() - start:.1f} s', flush=True)
-        for part, run in (('loader', lambda: loader_part(args, work, device)),
-                          ('step_s', lambda: end_to_end_part(args, work, device, result['errors']))):
+        parts = [('loader', lambda: loader_part(args, work, device))] if 'dali' in args.feeds else []
+        parts.append(('step_s', lambda: end_to_end_part(args, work, device, result['errors'])))
+        for part, run in parts:
             try:
                 result[part] = run()
             except Exception as e:  # each part reports its own failure; the others still run

@@ -31,7 +31,10 @@
 # 3. speed_cuda_graphs: benchmarks/train_step.py, ours at rho 1 ... 0.2 against timm's BEiT-B,
 #    batch 128, bf16, both replayed from CUDA graphs; profile_cuda_graphs: profile_step.py at rho 1
 #    and 0.2; speed_eager; data_loader: the training loader at 8 and 16 workers against each rho's
-#    step; profile_eager; speed_compile (torch.compile, rho 1 and 0.2, in the time left).
+#    step; data_end_to_end: benchmarks/dali_gpu_check.py, the training step at every rho fed by
+#    synthetic tensors, the default loader (16 workers) and DALI (4 threads; where nvidia.dali is
+#    installed, with DALI's images/s at 2, 4 and 8 threads); profile_eager; speed_compile
+#    (torch.compile, rho 1 and 0.2, in the time left).
 # Each check runs under min(its own limit, the time left) and logs to logs/<check>.log in the archive.
 # ONLY="check names" reruns those checks into the same WORK (a check reads what earlier ones left
 # there: e2e_data's images, the fp16 run's checkpoint). PYTHON: the interpreter (default python3).
@@ -70,7 +73,7 @@ log() { echo "$@" | tee -a "$LOG"; }
 CHECKS=(setup_dependencies fast_step_vs_eager e2e_data e2e_bf16_cuda_graphs e2e_bf16_cuda_graphs_logs
         e2e_fp16_grad_scaler e2e_fp16_grad_scaler_logs e2e_eval e2e_sweep_drop e2e_image_patches
         e2e_sigterm_resume_eager e2e_sigterm_resume_cuda_graphs speed_cuda_graphs profile_cuda_graphs speed_eager
-        data_loader profile_eager speed_compile)
+        data_loader data_end_to_end profile_eager speed_compile)
 selected() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 status() {  # status <name> <pass|fail|skipped|not_reached> <seconds> <detail> [log: its tail joins a failure]
@@ -147,6 +150,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 # --- sizes --------------------------------------------------------------------------------------------
 CFG=configs/vit-b/magnitude_cyclic_80_0.yaml
 if [ -n "${TINY:-}" ]; then
+  export TINY=1  # as the Python parts read it
   DEVICE=cpu; AMP=(); SIZE=32; PER_CLASS=(8 2); BATCH=8; SIG_BATCH=2; BENCH_BATCH=4; WORKERS=(1 2)
   TRAIN_WORKERS=0; SIDE_WORKERS=0; DATA_BATCHES=3
   MODEL=(DATA.IMG_SIZE 32 MODEL.VIT.PATCH_SIZE 8 MODEL.VIT.EMBED_DIM 32 MODEL.VIT.DEPTH 2 MODEL.VIT.NUM_HEADS 2)
@@ -237,7 +241,14 @@ check speed_eager 120 "${BENCH[@]}"
 pack
 check data_loader 120 "${BENCH[@]}" --mode data --data-batches $DATA_BATCHES --workers "${WORKERS[@]}"
 pack
-# --- 4. the input pipeline of the DALI issue (issue 20): its part goes here, as check(s) named data_* --
+if selected data_end_to_end; then  # DALI cannot be carried to a host without a package index: measure without it
+  FEEDS=(synthetic torch dali)
+  "$PY" -c 'import nvidia.dali' 2>/dev/null || { FEEDS=(synthetic torch); log "nvidia.dali is not installed: data_end_to_end runs without its DALI feed"; }
+  DALI_CHECK=("$PY" benchmarks/dali_gpu_check.py "$REPORT/dali" --work "$WORK/dali_images" --feeds "${FEEDS[@]}")
+  [ -n "${TINY:-}" ] && DALI_CHECK+=(--rhos 1.0 0.2)
+  check data_end_to_end 150 "${DALI_CHECK[@]}"
+  pack
+fi
 check profile_eager 90 "${PROFILE[@]}"
 pack
 if selected speed_compile && [ $((DEADLINE - RESERVE - SECONDS)) -lt 60 ]; then

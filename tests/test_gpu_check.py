@@ -210,7 +210,7 @@ def test_gpu_check_past_its_deadline_skips_every_part_and_returns_three_files(tm
     assert gpu_check.out_problems(out) == []
     summary = json.loads((out / 'summary.json').read_text())
     checks = {n: e for part in summary['parts'].values() for n, e in part['checks'].items()}
-    assert len(checks) == 18 and {e['status'] for e in checks.values()} == {'skipped'}
+    assert len(checks) == 19 and {e['status'] for e in checks.values()} == {'skipped'}
     assert checks['fast_step_vs_eager']['detail'].startswith('not started: ')
     assert checks['e2e_eval']['detail'] == 'needs e2e_fp16_grad_scaler, which did not pass'
     assert summary['versions']['torch'] == torch.__version__
@@ -321,3 +321,18 @@ def test_sigterm_resume_stops_the_run_once_and_checks_the_continued_logs(tmp_pat
         (run / name).unlink()
     assert gpu_check.sigterm_resume(run, cmd, 1000, 1, 40, tmp_path / 'logs2') == 1
     assert 'ended (exit 0) before 1000 steps were logged' in capsys.readouterr().out
+
+
+def test_dali_part_without_dali_times_the_default_loader_against_synthetic_tensors(tmp_path, monkeypatch):
+    # what gpu_check.sh runs where nvidia.dali is not installed: no loader part, no DALI column, exit 0
+    monkeypatch.setenv('TINY', '1')
+    from benchmarks import dali_gpu_check
+    argv = [str(tmp_path / 'out'), '--work', str(tmp_path / 'images'), '--feeds', 'synthetic', 'torch',
+            '--rhos', '1.0', '0.2', '--steps', '1', '--warmup', '1', '--torch-workers', '0']
+    assert dali_gpu_check.main(argv) == 0
+    result = json.loads((tmp_path / 'out' / 'dali_gpu_check.json').read_text())
+    assert set(result['step_s']) == {'synthetic', 'torch'} and 'loader' not in result and not result['errors']
+    assert [row['rho'] for row in result['end_to_end']] == [1.0, 0.2]
+    assert all(row['torch_over_synthetic'] > 0 and 'dali_ms' not in row for row in result['end_to_end'])
+    table = (tmp_path / 'out' / 'dali_gpu_check.md').read_text()
+    assert '| rho | synthetic images/s | torch images/s | torch / synthetic |' in table and 'nan' not in table
