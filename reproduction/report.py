@@ -104,7 +104,9 @@ def length_claim(out, plan, timings):
              f'epoch rows are the runs above, of the same seeds. The longer runs start from '
              f'`runs/{LENGTH_PRETRAIN_RUN}/model.safetensors`, the same pre-training command run again for them'
              f'{loss} (runs on another CPU type drift in the last bits). The study\'s stages took '
-             f'{format_seconds(length_study.study_seconds(timings, plan))} (`python reproduce.py --study length`). '
+             f'{format_seconds(length_study.study_seconds(timings, plan))} (`python reproduce.py --study length`; '
+             f'a stage killed by the end of a session counts from its resume, while the table\'s minutes, summed '
+             f'over every step\'s time, are whole). '
              f'Top-1 is the mean with the min to max over seeds in brackets; the figure '
              f'`figures/fine_tuning_length.png` draws it.')
     return Claim(2, f'Accuracy at ρ = 1 after {longest} epochs of fine-tuning (the length study)', about,
