@@ -44,8 +44,8 @@ from utils import (LaunchError, all_gather_object, all_reduce_sum, barrier, get_
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C outside a training loop: 128 + SIGINT, as a shell reports it
-PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm (.pth or .safetensors), '
-                   'or timm:<model_name>')
+PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm (.pth or .safetensors, '
+                   'or a Hugging Face model folder), or timm:<model_name>')
 
 
 class NonFiniteLossError(FloatingPointError):
