@@ -1,6 +1,6 @@
 """What a --pretrained checkpoint is, and its weights in this model's state-dict names.
 
-    weights = read_pretrained(spec, trusted=False)   # a .pth / .safetensors path, or timm:<model_name>
+    weights = read_pretrained(spec, trusted=False)   # a .pth / .safetensors path, a Hugging Face folder, timm:<name>
     weights.state_dict, weights.format, weights.dropped
     check_family(weights, model, spec)                # CheckpointError when the parts differ
 
@@ -23,7 +23,8 @@ the keys (and from the `{'model': ...}` wrapper around them):
 | timm beit | bare, `attn.q_bias`, or `timm:<name>` | none |
 | PSS state dict | `.safetensors` with metadata `format: pss` (export.py --state-dict) | none |
 
-`.safetensors` files are read with the safetensors library (no pickle at all). `timm:<model_name>`
+`.safetensors` files (the suffix in any case) are read with the safetensors library (no pickle at
+all); a Hugging Face model folder by its model.safetensors (or pytorch_model.bin). `timm:<model_name>`
 asks timm for its pretrained weights (a download from the Hugging Face Hub, so it needs internet).
 """
 import logging
