@@ -263,11 +263,13 @@ def class_difference(saved, classes):
     return f"{head} ({'; '.join(names)})" if names else head
 
 
-def check_same_classes(state, path, classes, config, log=logger):
+def check_same_classes(state, path, classes, config, log=None):
     """Raise RunFolderError unless the dataset's `classes` are those the checkpoint `state` (read
     from `path`) was trained on, in order: its 'classes' (a checkpoint written before they were
-    stored is not compared; a note says so). As in check_same_run, TRAIN.ALLOW_CONFIG_CHANGE True turns other
-    names into a warning; another number of classes cannot continue (the classifier has another shape)."""
+    stored is not compared; a note says so). As in check_same_run, TRAIN.ALLOW_CONFIG_CHANGE True
+    turns other names into a warning; another number of classes cannot continue (the classifier has
+    another shape)."""
+    log = log or logger
     saved = state.get('classes')
     if saved is None:
         log.info(f"checkpoint '{path}' holds no class names (an older checkpoint): the classes are not compared "
