@@ -13,7 +13,8 @@
 
 Every failure is a CheckpointError naming the file and the reason. Checkpoints are read with
 `torch.load(weights_only=True)`; one that pickles Python objects (old releases hold a yacs config)
-loads only with the explicit trust flag (`--trust-checkpoint`, config TRUST_CHECKPOINT).
+loads only with the explicit trust flag (`--trust-checkpoint`, config TRUST_CHECKPOINT). A
+`.safetensors` file (the suffix in any case) is read with the safetensors library.
 --pretrained (format conversion, resizing) is pretrained.py's, which builds on this module.
 """
 import os
@@ -59,8 +60,29 @@ def save_checkpoint(state, path):
             os.close(fd)
 
 
+def has_suffix(path, *suffixes):
+    """Whether `path` ends with one of `suffixes`, in any case (`W.SAFETENSORS`, `model.PTH`)."""
+    return path.lower().endswith(tuple(s.lower() for s in suffixes))
+
+
+def read_safetensors(path):
+    """(state dict, metadata) of a .safetensors file: no pickle at all."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' not found")
+    try:
+        with safe_open(path, 'pt') as f:
+            metadata = f.metadata() or {}
+        return load_file(path, device='cpu'), metadata
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read as safetensors: {e}") from None
+
+
 def load_checkpoint_file(path, trusted=False):
-    """torch.load(path) onto the CPU with weights_only=True (weights_only=False when `trusted`).
+    """torch.load(path) onto the CPU with weights_only=True (weights_only=False when `trusted`);
+    the state dict of a .safetensors file.
 
     Raises CheckpointError when the file is missing, unreadable, truncated or not a PyTorch file,
     or, without `trusted`, when it pickles Python objects.
@@ -69,6 +91,8 @@ def load_checkpoint_file(path, trusted=False):
         raise CheckpointError(f"checkpoint '{path}' not found")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' is not a file")
+    if has_suffix(path, '.safetensors'):  # torch.load knows the suffix only in lower case
+        return read_safetensors(path)[0]
     try:
         return torch.load(path, map_location='cpu', weights_only=not trusted)
     except Exception as e:
@@ -150,6 +174,10 @@ def check_state_dict(model, state_dict, path):
     missing = sorted(set(model_state) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(model_state))
     mismatched = shape_mismatches(model_state, state_dict)
+    if (missing or unexpected or mismatched) and _is_pretraining(state_dict, model_state):
+        raise CheckpointError(f"checkpoint '{path}' is a pre-training checkpoint (encoder weights with a mask_token, "
+                              'no classifier), not a trained model of this config: to fine-tune from it, pass it '
+                              'to main_finetune.py as --pretrained')
     if missing or unexpected or mismatched:
         problems = [listing(kind, items) for kind, items in
                     (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', mismatched))
@@ -158,18 +186,34 @@ def check_state_dict(model, state_dict, path):
                               f"config?): {'; '.join(problems)}")
 
 
+def _is_pretraining(state_dict, model_state):
+    """A SimMIM (or MAE, BEiT) pre-training state dict, raw (`encoder.*`) or its encoder, for a model
+    without a mask token: what --pretrained reads, not --resume or --eval."""
+    return any(k in state_dict for k in ('mask_token', 'encoder.mask_token')) and \
+        not any(k in model_state for k in ('mask_token', 'encoder.mask_token'))
+
+
 _WRAPPERS = ('model', 'module', 'state_dict')  # where ours, MAE, DeiT, BEiT and SimMIM keep the weights
+_DDP_PREFIX = 'module.'
+
+
+def strip_ddp_prefix(state_dict):
+    """A state dict saved from a DistributedDataParallel wrapper has every key under 'module.':
+    the prefix removed (as timm's clean_state_dict does); any other state dict as it is."""
+    if state_dict and all(k.startswith(_DDP_PREFIX) for k in state_dict):
+        return {k[len(_DDP_PREFIX):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def extract_state_dict(checkpoint, path):
     """(state dict, the wrapper dict or None) from what torch.load returned: {'model': ...} (or
-    'module', 'state_dict') or a bare state dict."""
+    'module', 'state_dict') or a bare state dict; a DDP 'module.' prefix is stripped."""
     if isinstance(checkpoint, dict):
         for key in _WRAPPERS:
             if isinstance(checkpoint.get(key), dict):
-                return dict(checkpoint[key]), checkpoint
+                return strip_ddp_prefix(dict(checkpoint[key])), checkpoint
         if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return dict(checkpoint), None
+            return strip_ddp_prefix(dict(checkpoint)), None
     keys = list(checkpoint)[:_MAX_LISTED] if isinstance(checkpoint, dict) else type(checkpoint).__name__
     raise CheckpointError(f"checkpoint '{path}' holds no model weights: expected {{'model': state_dict}} "
                           f'or a bare state dict, found {keys}')

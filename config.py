@@ -162,7 +162,7 @@ _C.PRINT_FREQ = 10  # log every this many iterations
 _C.SEED = 0  # random seed (each process adds its rank)
 _C.EVAL_MODE = False  # only validate the --resume checkpoint
 _C.THROUGHPUT_MODE = False  # only measure model throughput
-_C.PRETRAINED = ''  # checkpoint to initialise from (SimMIM, BEiT, MAE, DeiT, timm; .pth, .safetensors, timm:<name>)
+_C.PRETRAINED = ''  # checkpoint to initialise from: .pth, .safetensors, a Hugging Face model folder, timm:<name>
 _C.TRUST_CHECKPOINT = False  # allow checkpoints that pickle Python objects (old releases)
 _C.LOCAL_RANK = 0  # set from the environment, kept for old scripts
 

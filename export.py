@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from checkpoint import CheckpointError, load_model_weights, read_model_weights
+from checkpoint import CheckpointError, has_suffix, load_model_weights, read_model_weights
 from config import ConfigError, get_config
 from data import DataError
 from training import EXIT_BAD_INPUT
@@ -198,7 +198,7 @@ def check_out_folder(out, keep):
         if os.path.exists(out):
             raise ExportError(f"--out '{out}' is a file, not a folder")
         return
-    others = sorted(name for name in os.listdir(out) if name.endswith(WEIGHT_SUFFIXES) and name != keep)
+    others = sorted(name for name in os.listdir(out) if has_suffix(name, *WEIGHT_SUFFIXES) and name != keep)
     if others:
         raise ExportError(f"--out '{out}' already holds {', '.join(others)}; timm's local-dir: reads every weight "
                           'file in the folder: export to an empty folder')

@@ -113,9 +113,10 @@ def main(config, args, on_exit, stop=None):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if config.TRAIN.CUDA_GRAPHS:
         check_cuda_graphs(config, world_size)
-    if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights)
+    if config.PRETRAINED:  # checked even when resuming (which then overwrites the weights, with a warning)
         load_pretrained(config.PRETRAINED, model, logger, trusted=config.TRUST_CHECKPOINT)
-    run_state = TrainingRun(config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size)
+    run_state = TrainingRun(config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size,
+                            classes=dataset_val.classes)
     run_state.resume(logger)
 
     bare = model

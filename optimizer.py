@@ -122,15 +122,19 @@ class OptimizerStateError(ValueError):
 
 
 def _saved_names(saved, optimizer):
-    """The parameter name of every integer id of the saved state dict `saved`, and whether the names
-    were recorded in it ('param_names', this project's checkpoints) or inferred from the layout."""
+    """The parameter name of every integer id of the saved state dict `saved`, and how they were
+    found: 'exact' (recorded in it: 'param_names', this project's checkpoints), 'original' (the
+    original's layout, which is ours) or 'simmim' (SimMIM's own pre-training layout)."""
     groups = saved['param_groups']
     if all(len(g.get('param_names', ())) == len(g['params']) for g in groups):
-        return {i: n for g in groups for i, n in zip(g['params'], g['param_names'])}, True
+        return {i: n for g in groups for i, n in zip(g['params'], g['param_names'])}, 'exact'
     # No names (the original's checkpoints): the ids number the parameters group by group in the
     # original's layout, which is ours, so the layouts must agree group for group.
     ours = optimizer.param_groups
     sizes, our_sizes = [len(g['params']) for g in groups], [len(g['params']) for g in ours]
+    simmim = _simmim_groups(groups, ours)
+    if simmim is not None:
+        return {i: n for g, our in zip(groups, simmim) for i, n in zip(g['params'], our['param_names'])}, 'simmim'
     if sizes != our_sizes:
         raise OptimizerStateError(f'it has {len(groups)} parameter groups of sizes {sizes}, this model '
                                   f'{len(ours)} of sizes {our_sizes}, and it records no parameter names')
@@ -138,14 +142,31 @@ def _saved_names(saved, optimizer):
         label = g.get('group_name', g.get('name'))
         if label is not None and label != our['name']:
             raise OptimizerStateError(f"its group '{label}' is '{our['name']}' here")
-    return {i: n for g, our in zip(groups, ours) for i, n in zip(g['params'], our['param_names'])}, False
+    return {i: n for g, our in zip(groups, ours) for i, n in zip(g['params'], our['param_names'])}, 'original'
+
+
+def _simmim_groups(groups, ours):
+    """Our groups in the order of the saved `groups` when these are SimMIM's own pre-training layout,
+    else None. SimMIM builds two unnamed groups, [decay, no_decay] (weight decay 0 in the second), by
+    the rules of our one-layer SimMIM groups, with the parameters in the same (named_parameters) order;
+    ours come in order of first appearance, [no_decay, decay], as cls_token comes first."""
+    if len(groups) != 2 or len(ours) != 2 or any('group_name' in g or 'name' in g for g in groups):
+        return None
+    by_kind = {g['name'].endswith('_no_decay'): g for g in ours}
+    if len(by_kind) != 2 or groups[1].get('weight_decay') != 0.0 or not groups[0].get('weight_decay'):
+        return None
+    layout = [by_kind[False], by_kind[True]]
+    if [len(g['params']) for g in groups] != [len(g['params']) for g in layout]:
+        return None
+    return layout
 
 
 def load_optimizer_state(optimizer, saved):
     """Load the optimizer state dict `saved` into `optimizer` (from build_optimizer). Returns how:
-    'exact' (this project's state: torch's own load, group settings included), or 'original' (the
-    original's, without parameter names: mapped through its layout, which is ours; the group settings
-    stay as built, so the caller sets the learning rates from its LR scheduler).
+    'exact' (this project's state: torch's own load, group settings included), 'original' (the
+    original's, without parameter names: mapped through its layout, which is ours) or 'simmim'
+    (SimMIM's own pre-training state: its [decay, no_decay] groups mapped onto ours). Without names
+    the group settings stay as built, so the caller sets the learning rates from its LR scheduler.
 
     Raises OptimizerStateError when the state is malformed or does not fit: other parameters, another
     group layout, or a moment whose shape differs from its parameter's.
@@ -154,7 +175,7 @@ def load_optimizer_state(optimizer, saved):
             not isinstance(saved.get('param_groups'), list) or \
             not all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in saved['param_groups']):
         raise OptimizerStateError("it is not an optimizer state dict (expected 'state' and 'param_groups')")
-    names, named = _saved_names(saved, optimizer)
+    names, how = _saved_names(saved, optimizer)
     current = optimizer.state_dict()
     our_ids = {n: i for g in current['param_groups'] for i, n in zip(g['params'], g['param_names'])}
     params = {n: p for g in optimizer.param_groups for n, p in zip(g['param_names'], g['params'])}
@@ -162,7 +183,7 @@ def load_optimizer_state(optimizer, saved):
         missing, unexpected = sorted(set(our_ids) - set(names.values())), sorted(set(names.values()) - set(our_ids))
         raise OptimizerStateError(f'its parameters differ from the model\'s: missing {missing[:5]}, '
                                   f'unexpected {unexpected[:5]}')
-    if named:
+    if how == 'exact':
         saved_layout = [g.get('param_names') for g in saved['param_groups']]
         if saved_layout != [g['param_names'] for g in current['param_groups']]:
             raise OptimizerStateError(f"its parameter groups are not this optimizer's ({len(saved_layout)} "
@@ -184,7 +205,7 @@ def load_optimizer_state(optimizer, saved):
             values['step'] = torch.tensor(float(values['step']), dtype=torch.float32)  # old torch: a number
         state[our_ids[name]] = values
     optimizer.load_state_dict({'state': state, 'param_groups': current['param_groups']})
-    return 'original'
+    return how
 
 
 def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
@@ -193,8 +214,9 @@ def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
     Returns [(logging level, message)] saying what was done, for the run's log.
 
     Never raises: a state that cannot be used gives a warning and training continues from a fresh
-    optimizer. The original's timm scheduler state is not loaded (timm changed its fields, and the
-    LR is a pure function of the update anyway); every group's LR is set from the schedule.
+    optimizer. The timm scheduler state of the original's or SimMIM's checkpoints is not loaded (timm
+    changed its fields, and the LR is a pure function of the update anyway); every group's LR is set
+    from the schedule.
     """
     notes = []
     try:
@@ -206,6 +228,9 @@ def resume_optimizer(optimizer, lr_scheduler, state, num_updates):
     if how == 'original':
         notes.append((logging.INFO, 'optimizer state of the original code: mapped through its parameter-group '
                                     'layout; the LR schedule is recomputed from the config'))
+    if how == 'simmim':
+        notes.append((logging.INFO, "optimizer state of SimMIM's own code: its [decay, no_decay] parameter groups "
+                                    "mapped onto this optimizer's; the LR schedule is recomputed from the config"))
     if how == 'exact' and isinstance(state.get('lr_scheduler'), dict):
         lr_scheduler.load_state_dict(state['lr_scheduler'])
     lr_scheduler.step_update(num_updates)  # the LR of the next update (what the saved groups held)

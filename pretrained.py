@@ -1,6 +1,6 @@
 """What a --pretrained checkpoint is, and its weights in this model's state-dict names.
 
-    weights = read_pretrained(spec, trusted=False)   # a .pth / .safetensors path, or timm:<model_name>
+    weights = read_pretrained(spec, trusted=False)   # a .pth / .safetensors path, a Hugging Face folder, timm:<name>
     weights.state_dict, weights.format, weights.dropped
     check_family(weights, model, spec)                # CheckpointError when the parts differ
 
@@ -23,7 +23,8 @@ the keys (and from the `{'model': ...}` wrapper around them):
 | timm beit | bare, `attn.q_bias`, or `timm:<name>` | none |
 | PSS state dict | `.safetensors` with metadata `format: pss` (export.py --state-dict) | none |
 
-`.safetensors` files are read with the safetensors library (no pickle at all). `timm:<model_name>`
+`.safetensors` files (the suffix in any case) are read with the safetensors library (no pickle at
+all); a Hugging Face model folder by its model.safetensors (or pytorch_model.bin). `timm:<model_name>`
 asks timm for its pretrained weights (a download from the Hugging Face Hub, so it needs internet).
 """
 import logging
@@ -35,13 +36,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (CheckpointError, encoder_weights, extract_state_dict, is_rebuilt, listing,
-                        load_checkpoint_file, shape_mismatches)
+from checkpoint import (CheckpointError, encoder_weights, extract_state_dict, has_suffix, is_rebuilt, listing,
+                        load_checkpoint_file, read_safetensors, shape_mismatches)
 from utils import first_n
 
 TIMM_PREFIX = 'timm:'
 SHARED_TABLE = 'rel_pos_bias.relative_position_bias_table'
 PSS_STATE_DICT = 'PSS state dict (export.py --state-dict)'  # our names; metadata format 'pss'
+HUB_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')  # a Hugging Face model folder's weights, preferred first
 _FIRST_KEYS = 8  # keys listed in a message (the first of a file that is not a known format, ...)
 _logger = logging.getLogger(__name__)
 # timm ViT parts this model does not have: loading around them would silently change the network.
@@ -83,21 +85,6 @@ def timm_state_dict(model_name, **create_kwargs):
             return model.state_dict(), kind
     raise CheckpointError(f"timm model '{model_name}' is a {type(model).__name__}; timm:<name> takes "
                           'vision_transformer and beit models')
-
-
-def _read_safetensors(path):
-    """(state dict, metadata) of a .safetensors file."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' not found")
-    try:
-        with safe_open(path, 'pt') as f:
-            metadata = f.metadata() or {}
-        return load_file(path, device='cpu'), metadata
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint '{path}' cannot be read as safetensors: {e}") from None
 
 
 # --- recognising and converting --------------------------------------------------------------------
@@ -149,16 +136,29 @@ def _convert(state_dict, wrapper, source, path):
     return Pretrained(sd, fmt, dropped, converted)
 
 
+def hub_folder_weights(folder):
+    """The weights file of a Hugging Face model folder (timm's save_for_hf, export.py, a Hub
+    download): model.safetensors, else pytorch_model.bin; CheckpointError when it holds neither."""
+    for name in HUB_WEIGHTS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise CheckpointError(f"checkpoint '{folder}' is a folder without {' or '.join(HUB_WEIGHTS)} (the weights "
+                          'of a Hugging Face model folder): pass the weights file itself')
+
+
 def read_pretrained(spec, trusted=False):
-    """The weights of --pretrained `spec` (a .pth / .safetensors path or timm:<model_name>) in our names."""
+    """The weights of --pretrained `spec` (a .pth / .safetensors path, a Hugging Face model folder
+    or timm:<model_name>) in our names."""
     if spec.startswith(TIMM_PREFIX):
         state_dict, kind = timm_state_dict(spec[len(TIMM_PREFIX):])
         return _convert(state_dict, None, f'timm {kind}', spec)
-    if spec.endswith('.safetensors'):
-        state_dict, metadata = _read_safetensors(spec)
-        return _convert(state_dict, None, PSS_STATE_DICT if metadata.get('format') == 'pss' else None, spec)
-    state_dict, wrapper = extract_state_dict(load_checkpoint_file(spec, trusted), spec)
-    return _convert(state_dict, wrapper, None, spec)
+    path = hub_folder_weights(spec) if os.path.isdir(spec) else spec
+    if has_suffix(path, '.safetensors'):
+        state_dict, metadata = read_safetensors(path)
+        return _convert(extract_state_dict(state_dict, path)[0], None,
+                        PSS_STATE_DICT if metadata.get('format') == 'pss' else None, path)
+    state_dict, wrapper = extract_state_dict(load_checkpoint_file(path, trusted), path)
+    return _convert(state_dict, wrapper, None, path)
 
 
 # --- the family check ----------------------------------------------------------------------------
@@ -256,18 +256,26 @@ def resize_rel_pos_bias_table(table, src_grid, dst_grid):
     of each head is resampled with BEiT's geometric placement (see _geometric_positions) and an
     interpolating bicubic spline (scipy's RectBivariateSpline: scipy.interpolate.interp2d, which BEiT
     used, no longer exists); the last three rows (cls-to-token, token-to-cls, cls-to-cls) are kept.
-    Offsets 0 and +-1 keep their values exactly; a constant table stays constant.
+    Offsets 0 and +-1 keep their values exactly; a constant table stays constant. A side of one
+    patch has the single offset 0: to it, only that offset's bias is kept (exact); from it, every
+    offset along that side gets that bias (all there is to go on).
     """
     from scipy.interpolate import RectBivariateSpline  # only needed when a grid differs
 
     (h, w), (dst_h, dst_w) = src_grid, dst_grid
-    if min(h, w, dst_h, dst_w) < 2:
-        raise ValueError(f'cannot resize a relative position bias table from a {h}x{w} to a '
-                         f'{dst_h}x{dst_w} grid: every side needs at least 2 patches')
     num_heads = table.shape[1]
     if table.shape[0] != (2 * h - 1) * (2 * w - 1) + 3:
         raise ValueError(f'a table of {table.shape[0]} rows does not belong to a {h}x{w} grid')
-    offsets = table[:-3].detach().cpu().double().reshape(2 * h - 1, 2 * w - 1, num_heads).numpy()  # [dy, dx, heads]
+    offsets = table[:-3].detach().cpu().double().reshape(2 * h - 1, 2 * w - 1, num_heads)  # [dy, dx, heads]
+    for axis, (src, dst) in enumerate(((h, dst_h), (w, dst_w))):
+        if dst == 1 and src > 1:
+            offsets = offsets.narrow(axis, src - 1, 1)  # offset 0 alone
+        elif src == 1 and dst > 1:
+            offsets = offsets.repeat_interleave(2 * dst - 1, dim=axis)
+    h, w = offsets.shape[0] // 2 + 1, offsets.shape[1] // 2 + 1
+    if (h, w) == (dst_h, dst_w):
+        return torch.cat([offsets.reshape(-1, num_heads).to(table.dtype), table[-3:].detach().cpu()], dim=0)
+    offsets = offsets.numpy()
     ys, xs = _geometric_positions(h - 1, dst_h - 1), _geometric_positions(w - 1, dst_w - 1)
     new_ys = torch.arange(-(dst_h - 1), dst_h, dtype=torch.float64).numpy()
     new_xs = torch.arange(-(dst_w - 1), dst_w, dtype=torch.float64).numpy()

@@ -2,7 +2,8 @@
 
     with RunLock(config.OUTPUT) as lock:          # rank 0; a second run into the folder exits 2
         remove_stale_tmp_files(config.OUTPUT)    # what a kill -9 during a checkpoint write left
-        check_same_run(state, path, config, world_size, steps_per_epoch)   # before resuming
+        check_same_classes(state, path, classes, config)                   # before resuming: the dataset,
+        check_same_run(state, path, config, world_size, steps_per_epoch)   # the config
 
 The lock is a file created exclusively (O_CREAT | O_EXCL) that records the holder's host and pid.
 A lock whose pid no longer runs on this host is stale (the holder was killed) and is taken over
@@ -26,9 +27,10 @@ _TMP_RE = re.compile(r'\.(checkpoint\.pth|ckpt_epoch_\d+\.pth)\.\d+\.[0-9a-f]+\.
 # Config keys that do not change what a run computes, so a resume may change them: where the output
 # goes, what is logged, how often checkpoints are written, how data is loaded (not which data), how
 # the same computation is carried out, and the run's mode and inputs for starting (a resume replaces
-# the weights anyway). MODEL.NUM_CLASSES is set from the dataset; a different class count is caught
-# by the classifier's shape. Every other key (data, model, optimisation, schedules, augmentation,
-# seed) changes the run, as does the world size and the number of optimizer steps per epoch.
+# the weights anyway). MODEL.NUM_CLASSES is set from the dataset, whose class names the checkpoint
+# stores and check_same_classes compares. Every other key (data, model, optimisation, schedules,
+# augmentation, seed) changes the run, as does the world size and the number of optimizer steps per
+# epoch.
 RUN_INDEPENDENT_KEYS = frozenset({
     'OUTPUT', 'TAG', 'PRINT_FREQ', 'SAVE_FREQ', 'EVAL_MODE', 'THROUGHPUT_MODE', 'PRETRAINED',
     'TRUST_CHECKPOINT', 'LOCAL_RANK', 'MODEL.RESUME', 'MODEL.NUM_CLASSES', 'DATA.DATA_PATH',
@@ -243,3 +245,62 @@ def check_same_run(state, path, config, world_size, steps_per_epoch, log=logger)
         f"checkpoint '{path}' belongs to another run: {shown}. A resume continues the same run: "
         'to start a new one, write to another folder (--tag or --output); to continue this checkpoint '
         'with the new settings on purpose, add --opts TRAIN.ALLOW_CONFIG_CHANGE True')
+
+
+def class_difference(saved, classes):
+    """How the dataset's class names `classes` differ from a checkpoint's `saved` ones, in one line
+    ('' when they are the same, in the same order: a class is its index to the classifier)."""
+    if list(saved) == list(classes):
+        return ''
+    gone, new = [c for c in saved if c not in classes], [c for c in classes if c not in saved]
+    if len(saved) != len(classes):
+        head = f'{len(saved)} classes in the checkpoint, {len(classes)} now'
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(saved, classes)) if a != b)
+        head = f'class {i} is {saved[i]!r} in the checkpoint, {classes[i]!r} now'
+    names = [f'{what}: {first_n(items, _MAX_LISTED)}' for what, items in
+             (('not in the checkpoint', new), ('not in the dataset', gone)) if items]
+    return f"{head} ({'; '.join(names)})" if names else head
+
+
+def check_same_classes(state, path, classes, config, log=None):
+    """Raise RunFolderError unless the dataset's `classes` are those the checkpoint `state` (read
+    from `path`) was trained on, in order: its 'classes' (a checkpoint written before they were
+    stored is not compared; a note says so). As in check_same_run, TRAIN.ALLOW_CONFIG_CHANGE True
+    turns other names into a warning; another number of classes cannot continue (the classifier has
+    another shape)."""
+    log = log or logger
+    saved = state.get('classes')
+    if saved is None:
+        log.info(f"checkpoint '{path}' holds no class names (an older checkpoint): the classes are not compared "
+                 'with the dataset')
+        return ''
+    difference = class_difference(saved, classes)
+    if not difference:
+        return ''
+    message = f"checkpoint '{path}' was trained on other classes than the dataset's: {difference}"
+    same_number = len(saved) == len(classes)
+    if same_number and config.TRAIN.ALLOW_CONFIG_CHANGE:
+        log.warning(f'resuming with a changed run (TRAIN.ALLOW_CONFIG_CHANGE): {message}')
+        return difference
+    raise RunFolderError(
+        f'{message}. A resume continues the same run: to start a new one, write to another folder (--tag or '
+        '--output)' + ('; to continue this checkpoint with these classes on purpose, add --opts '
+                       'TRAIN.ALLOW_CONFIG_CHANGE True' if same_number else ''))
+
+
+def unused_pretrained(state, path, config):
+    """A warning when --pretrained (config PRETRAINED) names other weights than the run that the
+    resume continues started from: they are not used (the resumed weights replace them); else None."""
+    saved = state.get('config')
+    try:
+        saved = yaml.safe_load(saved) if isinstance(saved, str) else saved
+    except yaml.YAMLError:
+        saved = None
+    started = saved.get('PRETRAINED') if isinstance(saved, dict) else None  # a yacs CfgNode is a dict
+    if not config.PRETRAINED or started == config.PRETRAINED:
+        return None
+    origin = ('' if started is None else ', which started from random weights' if not started
+              else f", which started from '{started}'")
+    return (f"--pretrained '{config.PRETRAINED}' is not used: the run resumes from '{path}'{origin}; to fine-tune "
+            'from it, start a new run (--tag or --output)')

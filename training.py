@@ -12,7 +12,8 @@
 A checkpoint holds `model`, `optimizer`, `lr_scheduler`, `scaler`, `patch_scheduler` (`step_count`:
 optimizer steps so far, which the patch schedule is a function of), `epoch`, `step_in_epoch`,
 `max_accuracy`, `config` (YAML text), `epoch_loss` (sum and count behind the running mean),
-`world_size`, `steps_per_epoch` and `rng` (every process's RNG states).
+`world_size`, `steps_per_epoch`, `rng` (every process's RNG states) and, in fine-tuning, `classes`
+(the dataset's class names in index order, which a resume must match).
 """
 import argparse
 import contextlib
@@ -35,15 +36,16 @@ from config import ConfigError, get_config
 from data import DataError, set_train_epoch
 from logger import create_logger
 from optimizer import resume_optimizer
-from run_folder import RunFolderError, RunLock, check_same_run, remove_stale_tmp_files
+from run_folder import (RunFolderError, RunLock, check_same_classes, check_same_run, remove_stale_tmp_files,
+                        unused_pretrained)
 from utils import (LaunchError, all_gather_object, all_reduce_sum, barrier, get_rank, get_rng_state, get_world_size,
                    memory_mb, set_rng_state, synchronize)
 
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C outside a training loop: 128 + SIGINT, as a shell reports it
-PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm (.pth or .safetensors), '
-                   'or timm:<model_name>')
+PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm (.pth or .safetensors, '
+                   'or a Hugging Face model folder), or timm:<model_name>')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -226,19 +228,23 @@ def truncate_logs(output_dir, global_step, epoch):
         os.replace(tmp, path)
 
 
-def training_state(path, state, model):
-    """Check that `state` (read from `path`) is a training checkpoint for `model`."""
+def training_state(path, state, model, classes=None, config=None, logger=None):
+    """Check that `state` (read from `path`) is a training checkpoint for `model` and, given the
+    dataset's `classes`, for its classes (before the classifier's shape, which their number sets)."""
     if not isinstance(state, dict) or 'model' not in state:
         raise CheckpointError(f"checkpoint '{path}' holds no 'model' state dict: not a training checkpoint")
     if 'optimizer' in state and (isinstance(state.get('epoch'), bool) or not isinstance(state.get('epoch'), int)):
         raise CheckpointError(f"checkpoint '{path}' holds an optimizer state but no integer 'epoch'")
+    if classes is not None:
+        check_same_classes(state, path, classes, config, logger)
     check_state_dict(model, state['model'], path)
     return state
 
 
-def find_resume_checkpoint(config, model, logger):
+def find_resume_checkpoint(config, model, logger, classes=None):
     """(path, state) to resume from, or (None, None): --resume when given (an explicit choice wins, and
-    must be readable and fit), else the newest readable checkpoint in the output folder."""
+    must be readable and fit), else the newest readable checkpoint in the output folder. `classes`:
+    the dataset's class names, which the checkpoint's must equal (fine-tuning)."""
     trusted = config.TRUST_CHECKPOINT
     if config.MODEL.RESUME:
         path = config.MODEL.RESUME
@@ -246,7 +252,7 @@ def find_resume_checkpoint(config, model, logger):
         if config.TRAIN.AUTO_RESUME and own:
             logger.warning(f'--resume {path} is used, not the checkpoints in the output folder ({own[0]} ...): '
                            'an explicit --resume wins over auto-resume')
-        return path, training_state(path, load_checkpoint_file(path, trusted), model)
+        return path, training_state(path, load_checkpoint_file(path, trusted), model, classes, config, logger)
     if config.TRAIN.AUTO_RESUME:
         for path in find_checkpoints(config.OUTPUT):
             try:
@@ -254,7 +260,7 @@ def find_resume_checkpoint(config, model, logger):
             except CheckpointError as e:
                 logger.warning(f'auto-resume: {e}; trying the previous checkpoint')
                 continue
-            return path, training_state(path, state, model)
+            return path, training_state(path, state, model, classes, config, logger)
     return None, None
 
 
@@ -272,12 +278,14 @@ def optimizer_steps_per_epoch(data_loader, config):
 class TrainingRun:
     """The state a training script carries from step to step and checkpoints: the bare `model`,
     optimizer, LR scheduler, grad scaler, the epoch's running loss, the best accuracy so far and the
-    optimizer steps done (`step_count`), and the loop over epochs and steps."""
+    optimizer steps done (`step_count`), and the loop over epochs and steps. `classes`: the class
+    names of a classifier's dataset (fine-tuning), stored in every checkpoint and checked on resume."""
 
-    def __init__(self, config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size):
+    def __init__(self, config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size, classes=None):
         self.config, self.model, self.optimizer = config, model, optimizer
         self.lr_scheduler, self.scaler = lr_scheduler, scaler
         self.steps_per_epoch, self.world_size, self.rank = steps_per_epoch, world_size, get_rank()
+        self.classes = None if classes is None else list(classes)
         self.epoch_loss = AverageMeter()  # the running mean of this epoch's step losses
         self.max_accuracy = 0.0
         self.step_count = 0  # optimizer steps done: where the patch schedule stands
@@ -292,7 +300,7 @@ class TrainingRun:
         """Continue from --resume or the output folder's newest readable checkpoint, if there is one:
         check that it fits the model and belongs to this run (run_folder.check_same_run), restore it,
         and drop the log lines written after it (rank 0)."""
-        path, state = find_resume_checkpoint(self.config, self.model, logger)
+        path, state = find_resume_checkpoint(self.config, self.model, logger, self.classes)
         if state is not None:
             self._restore(path, state, logger)
         if self.rank == 0:  # safe: the lock keeps other runs out; first, as truncate_logs writes <log>.tmp
@@ -309,6 +317,9 @@ class TrainingRun:
         self.model.load_state_dict(state['model'], strict=False)  # relative_position_index is rebuilt
         logger.info(f'loaded {path}')
         self.resumed = True
+        unused = unused_pretrained(state, path, self.config)
+        if unused:
+            self.notes.append((logging.WARNING, unused))
         if 'optimizer' not in state:  # weights only: the run starts at TRAIN.START_EPOCH
             self.resumed_global_step = self.start_epoch * spe
             return
@@ -369,7 +380,8 @@ class TrainingRun:
                 'step_in_epoch': step_in_epoch, 'max_accuracy': self.max_accuracy, 'config': self.config.dump(),
                 'epoch_loss': {'sum': self.epoch_loss.sum, 'count': self.epoch_loss.count},
                 'world_size': self.world_size, 'steps_per_epoch': self.steps_per_epoch,
-                'rng': all_gather_object(get_rng_state())}
+                'rng': all_gather_object(get_rng_state()),
+                **({} if self.classes is None else {'classes': self.classes})}
 
     def write_checkpoint(self, epoch, step_in_epoch, epoch_file=False):
         """checkpoint.pth (and with `epoch_file` ckpt_epoch_<epoch>.pth, pruned to

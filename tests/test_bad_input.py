@@ -340,3 +340,81 @@ def test_the_error_line_is_the_only_output_no_timm_warning_above_it(command):
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
+
+
+# --- issue 24: a resume does not drop what the user asked for in silence ---------------------------------
+def dataset_like(data, root, rename=None, add=None):
+    """A copy of `data` with class folder rename[0] renamed rename[1], or class `add` added (a's images)."""
+    shutil.copytree(data, root)
+    for split in ('train', 'val'):
+        if rename:
+            os.rename(root / split / rename[0], root / split / rename[1])
+        if add:
+            shutil.copytree(root / split / 'a', root / split / add)
+    return root
+
+
+def test_resume_on_other_classes_is_refused(existing_run, tmp_path, capsys):
+    _, data, out = existing_run
+    checkpoint = out / 'demo' / 'magnitude_cyclic' / 'checkpoint.pth'
+    assert torch.load(checkpoint, weights_only=True)['classes'] == ['a', 'b', 'c']  # the dataset's, in order
+    again = args_for(data, out, 'TRAIN.EPOCHS', '1')  # the finished run's own command: it would resume
+    renamed = dataset_like(data, tmp_path / 'renamed', rename=('c', 'z'))
+    expect_error(capsys, out, [*again[:2], '--data-path', str(renamed), *again[4:]],
+                 f"checkpoint '{checkpoint}' was trained on other classes than the dataset's: "
+                 "class 2 is 'c' in the checkpoint, 'z' now (not in the checkpoint: z; not in the dataset: c)",
+                 'another folder (--tag or --output)', 'TRAIN.ALLOW_CONFIG_CHANGE True')
+    more = dataset_like(data, tmp_path / 'more', add='d')  # caught before the classifier's shape is compared
+    expect_error(capsys, out, [*again[:2], '--data-path', str(more), *again[4:]],
+                 f"checkpoint '{checkpoint}' was trained on other classes than the dataset's: 3 classes in the "
+                 'checkpoint, 4 now (not in the checkpoint: d)', 'another folder (--tag or --output)')
+    assert 'ALLOW_CONFIG_CHANGE' not in capsys.readouterr().err  # no way to continue a classifier of another size
+
+
+def test_renamed_classes_on_purpose_and_old_checkpoints_resume(existing_run, tmp_path, capsys):
+    _, data, out = existing_run
+    run_dir = tmp_path / 'out' / 'demo' / 'magnitude_cyclic'
+    shutil.copytree(out / 'demo' / 'magnitude_cyclic', run_dir)
+    renamed = dataset_like(data, tmp_path / 'renamed', rename=('c', 'z'))
+    assert main_finetune.run(args_for(renamed, tmp_path / 'out', 'TRAIN.EPOCHS', '1',
+                                      'TRAIN.ALLOW_CONFIG_CHANGE', 'True')) == 0
+    assert "other classes than the dataset's: class 2 is 'c' in the checkpoint, 'z' now" in capsys.readouterr().out
+    state = torch.load(run_dir / 'checkpoint.pth', weights_only=True)
+    del state['classes']  # written before the classes were stored
+    torch.save(state, run_dir / 'checkpoint.pth')
+    assert main_finetune.run(args_for(renamed, tmp_path / 'out', 'TRAIN.EPOCHS', '1')) == 0
+    assert 'holds no class names (an older checkpoint): the classes are not compared' in capsys.readouterr().out
+
+
+def test_a_pretrained_that_the_resume_replaces_gets_a_warning(existing_run, tmp_path, capsys):
+    _, data, out = existing_run
+    run_dir = tmp_path / 'out' / 'demo' / 'magnitude_cyclic'
+    shutil.copytree(out / 'demo' / 'magnitude_cyclic', run_dir)
+    weights = write_checkpoint(tmp_path / 'w.pth', {'model': torch.load(run_dir / 'checkpoint.pth',
+                                                                        weights_only=True)['model']})
+    resume_with_weights = args_for(data, tmp_path / 'out', 'TRAIN.EPOCHS', '1', extra=['--pretrained', weights])
+    assert main_finetune.run(resume_with_weights) == 0
+    log = capsys.readouterr().out
+    expected = (f"--pretrained '{weights}' is not used: the run resumes from '{run_dir / 'checkpoint.pth'}', which "
+                "started from random weights; to fine-tune from it, start a new run (--tag or --output)")
+    assert expected in log and expected in (run_dir / 'log_rank0.txt').read_text()
+    assert 'WARNING' in next(line for line in log.splitlines() if expected in line)
+    # the same --pretrained the run started from: resuming is what the command means, no warning
+    state = torch.load(run_dir / 'checkpoint.pth', weights_only=True)
+    state['config'] = state['config'].replace("PRETRAINED: ''", f"PRETRAINED: {weights}")
+    assert f'PRETRAINED: {weights}' in state['config']
+    torch.save(state, run_dir / 'checkpoint.pth')
+    assert main_finetune.run(resume_with_weights) == 0
+    assert 'is not used' not in capsys.readouterr().out
+
+
+def test_a_simmim_pretraining_checkpoint_to_resume_or_eval_is_one_line(existing_run, tmp_path, capsys):
+    _, data, out = existing_run
+    trained = torch.load(out / 'demo' / 'magnitude_cyclic' / 'checkpoint.pth', weights_only=True)['model']
+    encoder = {f'encoder.{k}': v for k, v in trained.items() if not k.startswith(('head.', 'fc_norm.'))}
+    encoder['encoder.mask_token'] = torch.zeros(1, 1, 16)
+    encoder['decoder.0.weight'] = torch.zeros(48, 16, 1, 1)
+    path = write_checkpoint(tmp_path / 'simmim.pth', {'model': encoder, 'optimizer': {}, 'epoch': 99})
+    for extra in (['--resume', path], ['--resume', path, '--eval']):
+        expect_error(capsys, out, args_for(data, out, extra=extra), f"checkpoint '{path}' is a pre-training checkpoint",
+                     'pass it to main_finetune.py as --pretrained')

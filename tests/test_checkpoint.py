@@ -224,3 +224,75 @@ def test_pretrained_that_is_not_a_state_dict(tmp_path):
     torch.save({'epoch': 3, 'weights': [1, 2]}, path)
     with pytest.raises(CheckpointError, match="odd.pth' holds no model weights"):
         load_pretrained(str(path), tiny_model(), LOGGER)
+
+
+# --- issue 24: small things that were tracebacks or misread ----------------------------------------
+def test_pretrained_into_and_from_a_one_patch_grid(tmp_path):
+    """IMG_SIZE == PATCH_SIZE: a 1x1 grid, whose only patch-to-patch offset is 0."""
+    source = tiny_model(seed=1)  # 4x4 grid: 7 x 7 offsets + 3 CLS rows per table
+    torch.save({'model': source.state_dict()}, tmp_path / 'grid4.pth')
+    one = tiny_model(opts=['DATA.IMG_SIZE', '8'], seed=2)
+    assert tuple(one.patch_embed.grid_size) == (1, 1)
+    assert load_pretrained(str(tmp_path / 'grid4.pth'), one, LOGGER) == ([], [])
+    for block, src in zip(one.blocks, source.blocks):
+        table = src.attn.relative_position_bias_table  # offset (0, 0) is row 3 * 7 + 3
+        assert torch.equal(block.attn.relative_position_bias_table, torch.cat([table[24:25], table[-3:]]))
+    assert torch.equal(one.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+
+    # and back: offset 0 is all a 1x1 grid knows, so every offset of the 4x4 grid gets its bias
+    torch.save({'model': one.state_dict()}, tmp_path / 'grid1.pth')
+    four = tiny_model(seed=3)
+    assert load_pretrained(str(tmp_path / 'grid1.pth'), four, LOGGER) == ([], [])
+    for block, src in zip(four.blocks, one.blocks):
+        table = src.attn.relative_position_bias_table
+        assert torch.equal(block.attn.relative_position_bias_table, torch.cat([table[:1].expand(49, -1), table[1:]]))
+
+
+def test_a_ddp_module_prefix_is_stripped(tmp_path):
+    """A state dict saved from a DistributedDataParallel wrapper: every key under 'module.'."""
+    from checkpoint import load_model_weights
+
+    source = tiny_model(seed=1)
+    prefixed = {f'module.{k}': v for k, v in source.state_dict().items()}
+    for name, saved in (('wrapped.pth', {'model': prefixed, 'epoch': 3}), ('bare.pth', prefixed)):
+        torch.save(saved, tmp_path / name)
+        for load in (lambda p, m: load_pretrained(p, m, LOGGER), load_model_weights):
+            model = tiny_model(seed=2)
+            load(str(tmp_path / name), model)
+            assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items()), name
+
+
+def test_a_simmim_pretraining_checkpoint_to_resume_or_eval_says_use_pretrained(tmp_path):
+    """--eval / sweep_drop.py (load_model_weights) and --resume (check_state_dict on the raw keys)."""
+    from checkpoint import load_model_weights, read_model_weights
+
+    path = tmp_path / 'simmim.pth'
+    encoder_opts = SHARED + ['MODEL.NUM_CLASSES', '0', 'MODEL.VIT.USE_MEAN_POOLING', 'False']  # as SimMIM's
+    simmim_checkpoint(path, tiny_model(opts=encoder_opts, seed=1))
+    expected = (f"checkpoint '{path}' is a pre-training checkpoint (encoder weights with a mask_token, no "
+                'classifier), not a trained model of this config: to fine-tune from it, pass it to '
+                'main_finetune.py as --pretrained')
+    model = tiny_model(opts=SHARED, seed=2)
+    with pytest.raises(CheckpointError) as error:
+        load_model_weights(str(path), model)
+    assert str(error.value) == expected
+    with pytest.raises(CheckpointError) as error:
+        check_state_dict(model, torch.load(path, weights_only=True)['model'], str(path))
+    assert str(error.value) == expected
+    # export.py still reads the encoder of one into a headless model (read_model_weights, then load)
+    headless = tiny_model(opts=encoder_opts, seed=2)
+    encoder = {k: v for k, v in read_model_weights(str(path)).items() if k != 'mask_token'}
+    load_model_weights(str(path), headless, state_dict=encoder)
+    assert torch.equal(headless.blocks[1].mlp.fc2.weight, encoder['blocks.1.mlp.fc2.weight'])
+
+
+@pytest.mark.parametrize('name', ['weights.SAFETENSORS', 'weights.SafeTensors'])
+def test_safetensors_suffix_in_any_case(tmp_path, name):
+    import safetensors.torch
+
+    source = tiny_model(seed=1)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / name))
+    assert load_checkpoint_file(str(tmp_path / name)).keys() == source.state_dict().keys()
+    model = tiny_model(seed=2)
+    assert load_pretrained(str(tmp_path / name), model, LOGGER) == ([], [])
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())

@@ -191,6 +191,17 @@ def test_a_folder_with_other_weights_is_refused(tmp_path, capsys):
     assert os.listdir(out) == ['pytorch_model.bin']
 
 
+def test_weight_files_are_found_in_any_case(tmp_path):
+    """MODEL.SAFETENSORS is model.safetensors on a case-insensitive file system, and a weight file anyway."""
+    for name in ('OLD.PTH', 'Weights.SafeTensors', 'pytorch_model.BIN'):
+        out = tmp_path / name.split('.')[0]
+        out.mkdir()
+        (out / name).write_bytes(b'')
+        with pytest.raises(export.ExportError, match=f'already holds {name};'):
+            export.check_out_folder(str(out), export.TIMM_WEIGHTS)
+    export.check_out_folder(str(tmp_path / 'nowhere'), export.TIMM_WEIGHTS)  # a new folder: fine
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     _, resume, cfg_path = trained_checkpoint(tmp_path, CASES['timm_vit'][0])
     (tmp_path / 'other').mkdir()

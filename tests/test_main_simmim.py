@@ -222,3 +222,29 @@ def test_bad_data_exits_2(existing_run, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'apt-get install dataset-fashion-mnist' in err
     assert snapshot(existing_run) == before
+
+
+def test_resume_a_checkpoint_of_simmims_own_code(dataset, tmp_path, capsys):
+    """SimMIM's main_simmim.py saves ckpt_epoch_<E>.pth with its yacs config pickled and AdamW over
+    [decay, no_decay] groups (ours come the other way round): resumed with --trust-checkpoint, its
+    AdamW moments carry on (the step count continues) instead of restarting."""
+    from yacs.config import CfgNode
+
+    from tests.test_optimizer import simmim_code_optimizer, simmim_step
+    from tests.test_simmim import simmim_config
+
+    config = simmim_config(*OPTS)
+    model = build_simmim(config).train()
+    theirs = simmim_code_optimizer(config, model)
+    for seed in range(3):
+        simmim_step(model, theirs, seed)
+    path = tmp_path / 'ckpt_epoch_0.pth'
+    torch.save({'model': model.state_dict(), 'optimizer': theirs.state_dict(), 'lr_scheduler': {'t_initial': 3},
+                'max_accuracy': 0.0, 'epoch': 0, 'config': CfgNode({'MODEL': CfgNode({'TYPE': 'vit'})})}, path)
+    args = args_for(dataset, tmp_path / 'out', 'TRAIN.EPOCHS', '2', extra=['--resume', str(path), '--trust-checkpoint'])
+    assert main_simmim.run(args) == 0
+    out = capsys.readouterr().out
+    assert "optimizer state of SimMIM's own code: its [decay, no_decay] parameter groups mapped" in out
+    assert 'fresh optimizer' not in out and 'resuming at epoch 1, step 0' in out
+    state = torch.load(run_dir(tmp_path / 'out') / 'checkpoint.pth', weights_only=True)
+    assert {float(s['step']) for s in state['optimizer']['state'].values()} == {3.0 + STEPS}  # 3 of SimMIM's, then ours

@@ -365,3 +365,86 @@ def test_only_a_fused_adam_folds_the_clip():
     assert not folds_clip_into_step(torch.optim.AdamW(model.parameters(), fused=False), scaler)
     assert not folds_clip_into_step(torch.optim.AdamW(model.parameters()), scaler)  # for-each on CPU
     assert not folds_clip_into_step(build_optimizer(tiny_config(opts=['TRAIN.OPTIMIZER.NAME', 'sgd']), model), scaler)
+
+
+# ----------------------------------------------------------------------------- SimMIM's own checkpoints
+def simmim_code_optimizer(config, model):
+    """AdamW as SimMIM's own main_simmim.py builds it, from the facts: two groups, [decay, no_decay]
+    (weight decay 0 in the second), no decay for 1-D parameters, biases, cls_token and pos_embed,
+    each group's parameters in named_parameters() order, no names recorded."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        skip = param.ndim == 1 or name.endswith('.bias') or name in ('encoder.cls_token', 'encoder.pos_embed')
+        (no_decay if skip else decay).append(param)
+    opt = config.TRAIN.OPTIMIZER
+    return torch.optim.AdamW([{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}], lr=1e-3,
+                             betas=tuple(opt.BETAS), eps=opt.EPS, weight_decay=config.TRAIN.WEIGHT_DECAY, fused=True)
+
+
+def simmim_step(model, optimizer, seed):
+    g = torch.Generator().manual_seed(seed)
+    images, mask = torch.randn(2, 3, 16, 16, generator=g), torch.randint(0, 2, (2, 4, 4), generator=g)
+    model(images, mask).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_simmim_code_state_is_mapped_onto_our_groups_and_resumes_exactly(tmp_path):
+    """SimMIM orders its pre-training groups [decay, no_decay]; ours come in order of first appearance
+    ([no_decay, decay]: cls_token first). Its AdamW state maps onto the same parameters, and the next
+    step equals the one SimMIM's optimizer takes."""
+    from models import build_simmim
+    from tests.test_simmim import simmim_config, tiny_simmim
+
+    config = simmim_config()
+    model = tiny_simmim().train()
+    theirs = simmim_code_optimizer(config, model)
+    for seed in range(2):
+        simmim_step(model, theirs, seed)
+    path = str(tmp_path / 'simmim_code.pth')
+    save_checkpoint({'model': model.state_dict(), 'optimizer': theirs.state_dict(), 'epoch': 4}, path)
+    state = load_checkpoint_file(path)
+    assert 'param_names' not in state['optimizer']['param_groups'][0]
+
+    resumed = build_simmim(config).train()
+    resumed.load_state_dict(state['model'])
+    ours = build_optimizer(config, resumed)
+    assert [g['name'] for g in ours.param_groups] == ['layer_3_no_decay', 'layer_3_decay']  # SimMIM's reversed
+    scheduler = build_scheduler(config, ours, n_iter_per_epoch=6, world_size=1)
+    notes = resume_optimizer(ours, scheduler, state, 30)
+    assert notes == [(logging.INFO, "optimizer state of SimMIM's own code: its [decay, no_decay] parameter groups "
+                                    "mapped onto this optimizer's; the LR schedule is recomputed from the config")]
+    theirs_params, ours_params = dict(model.named_parameters()), dict(resumed.named_parameters())
+
+    def assert_same_state():
+        for name, param in theirs_params.items():
+            for key in ('exp_avg', 'exp_avg_sq', 'step'):
+                assert torch.equal(ours.state[ours_params[name]][key], theirs.state[param][key]), (name, key)
+
+    assert_same_state()
+    for group in ours.param_groups:  # the schedule's LR; for the comparison below, SimMIM's
+        assert group['lr'] == pytest.approx(lr_at(scheduler, 30) * group['lr_scale'])
+        group['lr'] = 1e-3
+    simmim_step(model, theirs, seed=2)  # one more step in each: the same weights and moments, bit for bit
+    simmim_step(resumed, ours, seed=2)
+    assert_same_state()
+    for name, param in ours_params.items():
+        assert torch.equal(param, theirs_params[name]), name
+
+
+def test_simmim_code_layout_needs_the_same_groups():
+    from tests.test_simmim import simmim_config, tiny_simmim
+
+    config = simmim_config()
+    model = tiny_simmim().train()
+    theirs = simmim_code_optimizer(config, model)
+    simmim_step(model, theirs, 0)
+    saved = theirs.state_dict()
+    moved = {**saved, 'param_groups': [dict(g) for g in saved['param_groups']]}  # one parameter in the other group
+    moved['param_groups'][0]['params'] = saved['param_groups'][0]['params'][:-1]
+    moved['param_groups'][1]['params'] = saved['param_groups'][0]['params'][-1:] + saved['param_groups'][1]['params']
+    with pytest.raises(OptimizerStateError, match='parameter groups of sizes'):
+        load_optimizer_state(build_optimizer(config, model), moved)
+    # a fine-tuning model's many layer groups are never read as SimMIM's two
+    with pytest.raises(OptimizerStateError, match='parameter groups of sizes'):
+        load_optimizer_state(build_optimizer(tiny_config(), tiny_model()), saved)

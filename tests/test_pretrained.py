@@ -273,3 +273,38 @@ def test_position_embedding_without_a_cls_row(tmp_path, caplog):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (model(images) - reference(images)).abs().max() < 1e-5
+
+
+def test_a_hugging_face_model_folder_is_read_from_its_weights_file(tmp_path, caplog):
+    """A Hub download or timm's save_for_hf: config.json beside model.safetensors (or, older,
+    pytorch_model.bin). The folder itself names the weights; one without them is one line."""
+    reference = timm_model('deit_small_patch16_224')
+    images = torch.randn(2, 3, 32, 32)
+    for weights in ('model.safetensors', 'pytorch_model.bin'):
+        folder = tmp_path / weights.split('.')[0]
+        folder.mkdir()
+        (folder / 'config.json').write_text('{"architecture": "deit_small_patch16_224", "num_classes": 5}')
+        save(reference.state_dict(), folder / weights)
+        model = our_model(ARCHITECTURES['deit_small_patch16_224'])
+        with caplog.at_level(logging.INFO, logger='test_pretrained'):
+            assert load_pretrained(str(folder), model, LOGGER) == ([], [])
+        assert 'recognised the format: timm vision_transformer' in caplog.text
+        with torch.no_grad():
+            assert (model(images) - reference(images)).abs().max() < 1e-5, weights
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'config.json').write_text('{}')
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained(str(tmp_path / 'empty'), our_model(ARCHITECTURES['deit_small_patch16_224']), LOGGER)
+    assert str(error.value) == (f"checkpoint '{tmp_path / 'empty'}' is a folder without model.safetensors or "
+                                'pytorch_model.bin (the weights of a Hugging Face model folder): pass the weights '
+                                'file itself')
+
+
+def test_a_ddp_prefixed_safetensors_file(tmp_path):
+    reference = timm_model('vit_base_patch16_224')
+    path = save({f'module.{k}': v for k, v in reference.state_dict().items()}, tmp_path / 'ddp.safetensors')
+    model = our_model(ARCHITECTURES['vit_base_patch16_224'])
+    assert load_pretrained(path, model, LOGGER) == ([], [])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(images) - reference(images)).abs().max() < 1e-5

@@ -177,6 +177,32 @@ def test_check_same_run_names_what_changes_the_run(caplog):
     assert 'with a changed run (TRAIN.ALLOW_CONFIG_CHANGE)' in caplog.text
 
 
+def test_class_difference_names_what_differs():
+    from run_folder import class_difference
+    assert class_difference(['a', 'b'], ['a', 'b']) == ''
+    assert class_difference(['a', 'b', 'c'], ['a', 'c', 'b']) == "class 1 is 'b' in the checkpoint, 'c' now"
+    assert class_difference(['a', 'b'], ['a', 'x']) == \
+        "class 1 is 'b' in the checkpoint, 'x' now (not in the checkpoint: x; not in the dataset: b)"
+    assert class_difference(['a', 'b'], ['a']) == '2 classes in the checkpoint, 1 now (not in the dataset: b)'
+    many = [f'n{i:02d}' for i in range(20)]
+    assert class_difference([], many) == \
+        '0 classes in the checkpoint, 20 now (not in the checkpoint: n00, n01, n02, n03, n04, n05, n06, n07 (+12 more))'
+
+
+def test_unused_pretrained_compares_with_what_the_run_started_from():
+    from run_folder import unused_pretrained
+    started = tiny_run_config('PRETRAINED', 'w.pth')
+    for state, origin in [({'config': tiny_run_config().dump()}, ', which started from random weights'),
+                          ({'config': tiny_run_config('PRETRAINED', 'v.pth').dump()}, ", which started from 'v.pth'"),
+                          ({'config': CfgNode({'PRETRAINED': 'v.pth'})}, ", which started from 'v.pth'"),
+                          ({}, '')]:
+        assert unused_pretrained(state, 'ck.pth', started) == \
+            f"--pretrained 'w.pth' is not used: the run resumes from 'ck.pth'{origin}; to fine-tune from it, start " \
+            'a new run (--tag or --output)'
+    assert unused_pretrained({'config': started.dump()}, 'ck.pth', started) is None  # the same command again
+    assert unused_pretrained({'config': started.dump()}, 'ck.pth', tiny_run_config()) is None  # none given
+
+
 def test_checkpoints_of_the_original_code_are_not_compared(caplog):
     """The original's checkpoints pickle a yacs CfgNode (or hold no config): skipped with a note."""
     config = tiny_run_config()
