@@ -254,6 +254,20 @@ def test_a_missing_package_is_one_line_and_writes_nothing(dataset, tmp_path, mon
         check_tracking(tiny_config(tmp_path, 'WANDB.PROJECT', 'p'))
 
 
+@pytest.mark.slow
+def test_a_wandb_run_that_cannot_start_is_one_line(dataset, tmp_path):
+    env = {k: v for k, v in wandb_env(tmp_path).items() if k not in ('WANDB_MODE', 'WANDB_API_KEY')}
+    env.update(HOME=str(tmp_path / 'home'), NETRC=str(tmp_path / 'home' / '.netrc'))  # no login anywhere
+    args = ['--cfg', 'configs/demo/random_cyclic.yaml', '--data-path', dataset, '--output', str(tmp_path / 'out'),
+            '--batch-size', '2', '--wandb', 'p', '--opts', *TINY, 'TRAIN.EPOCHS', '1']
+    result = run([sys.executable, 'main_finetune.py', *args], env, expect=2)
+    assert result.stderr.startswith('error: W&B (WANDB.PROJECT p): ') and result.stderr.count('\n') == 1, \
+        result.stderr
+    assert 'wandb login' in result.stderr
+    run_dir = tmp_path / 'out' / 'demo' / 'random_cyclic'
+    assert not (run_dir / WANDB_ID_FILE).exists() and not (run_dir / 'run.lock').exists()
+
+
 def test_an_unwritable_log_dir_is_bad_input(dataset, tmp_path, capsys):
     (tmp_path / 'file').write_text('')
     out = tmp_path / 'out'
