@@ -14,7 +14,8 @@ restarted with the same command continues from the newest readable checkpoint (T
 an explicit --resume wins over it), if that checkpoint is of the same run (run_folder.py). SIGTERM /
 SIGINT finish the current step, write a checkpoint and exit with status 3. While it trains, a run
 holds <run folder>/run.lock. --resume also continues from a checkpoint of the original code (its
-pickled config needs --trust-checkpoint).
+pickled config needs --trust-checkpoint). --log_dir <dir> also writes TensorBoard events to
+<dir>/<MODEL.NAME>/<TAG>/; --wandb <project> logs to Weights & Biases (tracking.py).
 """
 import json
 import sys
