@@ -165,6 +165,13 @@ _C.THROUGHPUT_MODE = False  # only measure model throughput
 _C.PRETRAINED = ''  # checkpoint to initialise from: .pth, .safetensors, a Hugging Face model folder, timm:<name>
 _C.TRUST_CHECKPOINT = False  # allow checkpoints that pickle Python objects (old releases)
 _C.LOCAL_RANK = 0  # set from the environment, kept for old scripts
+# TensorBoard events of the JSON logs' scalars go to <LOG_DIR>/<MODEL.NAME>/<TAG>/train and /val ('': none;
+# MAE's --log_dir); `tensorboard --logdir <LOG_DIR>` then shows every run by name and tag
+_C.LOG_DIR = ''
+
+_C.WANDB = CN()
+_C.WANDB.PROJECT = ''  # Weights & Biases project to log the same scalars to ('': no W&B; needs `pip install wandb`)
+_C.WANDB.ENTITY = ''  # W&B user or team of the project ('': the account's default)
 
 
 def _all_keys(node, prefix=''):
@@ -455,6 +462,8 @@ _SHORTCUTS = {
     'eval': 'EVAL_MODE',
     'throughput': 'THROUGHPUT_MODE',
     'trust_checkpoint': 'TRUST_CHECKPOINT',
+    'log_dir': 'LOG_DIR',
+    'wandb': 'WANDB.PROJECT',
 }
 
 

@@ -14,7 +14,8 @@ restarted with the same command continues from the newest readable checkpoint (T
 an explicit --resume wins over it), if that checkpoint is of the same run (run_folder.py). SIGTERM /
 SIGINT finish the current step, write a checkpoint and exit with status 3. While it trains, a run
 holds <run folder>/run.lock. --resume also continues from a checkpoint of the original code (its
-pickled config needs --trust-checkpoint).
+pickled config needs --trust-checkpoint). --log_dir <dir> also writes TensorBoard events to
+<dir>/<MODEL.NAME>/<TAG>/; --wandb <project> logs to Weights & Biases (tracking.py).
 """
 import json
 import sys
@@ -34,6 +35,7 @@ from models import build_model
 from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
 from pretrained import load_pretrained
+from tracking import add_tracking_args, check_tracking
 from training import (StopRequest, TrainingRun, finetune_parser, lock_run_folder, optimizer_steps_per_epoch,
                       run_script, seed_everything)
 from utils import autocast_dtype, first_n, init_distributed_mode, keep_freed_cpu_memory, memory_mb, unwrap_model
@@ -97,6 +99,7 @@ def main(config, args, on_exit, stop=None):
         model = build_model(config, num_classes=len(dataset_val.classes)).to(device)
         return evaluate_only(config, model, loader_val, device, amp_dtype, logger, world_size, local_rank)
 
+    check_tracking(config)  # --log_dir / --wandb: their packages, and LOG_DIR writable
     lock_run_folder(config, rank, logger, on_exit)  # the lock file only: removed if the run is refused
     dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
     num_classes = len(dataset_val.classes)
@@ -126,6 +129,7 @@ def main(config, args, on_exit, stop=None):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == 'cuda' else None)
     logger = run_state.open_folder(logger, {'config.json': original_config_json(config, world_size)})
+    on_exit.push(run_state.tracker)  # TensorBoard / W&B closed however main ends
     val_log = run_state.open_log('val_log.json')
 
     if mixup_fn is not None:  # soft targets, label smoothing included
@@ -157,16 +161,17 @@ def main(config, args, on_exit, stop=None):
         logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
         logger.info(f'Max accuracy: {run_state.max_accuracy:.2f}%')
         if val_log is not None:
-            val_log.write(json.dumps({'epoch': epoch, 'loss': stats['loss'], 'acc1': stats['acc1'],
-                                      'acc5': stats['acc5'], 'time': stats['batch_time'],
-                                      'total_time': stats['time'], 'memory': memory_mb(device)}) + '\n')
+            record = {'epoch': epoch, 'loss': stats['loss'], 'acc1': stats['acc1'], 'acc5': stats['acc5'],
+                      'time': stats['batch_time'], 'total_time': stats['time'], 'memory': memory_mb(device)}
+            val_log.write(json.dumps(record) + '\n')
             val_log.flush()
+            run_state.tracker.log_val(record)
 
     return run_state.train(train_step, loader_train, stop, mixup_fn, set_rho, validate)
 
 
 def run(argv=None):
-    return run_script(finetune_parser(prog='PSS fine-tuning'), main, argv)
+    return run_script(add_tracking_args(finetune_parser(prog='PSS fine-tuning')), main, argv)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_simmim
 from optimizer import build_optimizer
+from tracking import add_tracking_args, check_tracking
 from training import (StopRequest, TrainingRun, lock_run_folder, optimizer_steps_per_epoch, run_script,
                       seed_everything)
 from utils import autocast_dtype, init_distributed_mode, keep_freed_cpu_memory
@@ -52,7 +53,7 @@ def get_parser():
                         help='allow checkpoints that pickle Python objects (old releases): only for files you trust')
     # Legacy launcher flag: torch.distributed.launch used to pass it; the environment is what counts.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
-    return parser
+    return add_tracking_args(parser)
 
 
 def check_pretrain_config(config):
@@ -84,6 +85,7 @@ def main(config, args, on_exit):
     for message in config_warnings(config, args):
         logger.warning(message)
     check_pretrain_config(config)
+    check_tracking(config)  # --log_dir / --wandb: their packages, and LOG_DIR writable
     lock_run_folder(config, rank, logger, on_exit)  # the lock file only: removed if the run is refused
     dataset, data_loader = build_pretrain_loader(config)
     model = build_simmim(config).to(device)
@@ -108,6 +110,7 @@ def main(config, args, on_exit):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == 'cuda' else None, find_unused_parameters=has_unused)
     run_state.open_folder(logger)
+    on_exit.push(run_state.tracker)  # TensorBoard / W&B closed however main ends
     # criterion None: the model returns the reconstruction loss of (images, masks)
     train_step = TrainStep(model, None, optimizer, scaler, config.TRAIN.CLIP_GRAD, amp_dtype,
                            accumulation_steps=config.TRAIN.ACCUMULATION_STEPS)

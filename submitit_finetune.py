@@ -25,6 +25,7 @@ import torch
 
 import main_finetune
 from config import ConfigError, get_config
+from tracking import add_tracking_args, check_tracking
 from training import (EXIT_BAD_INPUT, EXIT_PREEMPTED, StopRequest, check_output_writable, finetune_parser,
                       run_args)
 from utils import LaunchError, all_gather_object
@@ -46,6 +47,7 @@ def get_parser():
                      'start continues from the run folder\'s newest checkpoint'),
         prog='submitit_finetune.py',
         description='PSS fine-tuning on SLURM (submitit); the options above the SLURM group are main_finetune.py\'s')
+    add_tracking_args(parser)
     slurm = parser.add_argument_group('SLURM (submitit)')
     slurm.add_argument('--nodes', type=int, default=1, help='nodes to request (default 1)')
     slurm.add_argument('--ngpus', type=int, default=8, help='GPUs per node, one task each (default 8)')
@@ -116,6 +118,7 @@ def submit(args):
     """Check the config, then submit the job to SLURM; returns the submitit job."""
     config = get_config(args)  # bad input stops here, before anything is written or submitted
     check_output_writable(config.OUTPUT)
+    check_tracking(config)
     missing = [command for command in ('sbatch', 'srun') if shutil.which(command) is None]
     if missing:
         raise LaunchError(f"{' and '.join(missing)} not found: submitit_finetune.py submits to SLURM; without "

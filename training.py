@@ -7,6 +7,7 @@
         run_state = TrainingRun(config, model, optimizer, lr_scheduler, scaler, steps_per_epoch, world_size)
         run_state.resume(logger)                          # --resume, or the folder's newest checkpoint
         logger = run_state.open_folder(logger)            # from here on the folder is written
+        on_exit.push(run_state.tracker)                   # TensorBoard / W&B (tracking.py) closed at the end
         return run_state.train(TrainStep(...), data_loader, stop, set_rho=..., validate=...)
 
 A checkpoint holds `model`, `optimizer`, `lr_scheduler`, `scaler`, `patch_scheduler` (`step_count`:
@@ -38,6 +39,7 @@ from logger import create_logger
 from optimizer import resume_optimizer
 from run_folder import (RunFolderError, RunLock, check_same_classes, check_same_run, remove_stale_tmp_files,
                         unused_pretrained)
+from tracking import Tracker
 from utils import (LaunchError, all_gather_object, all_reduce_sum, barrier, get_rank, get_rng_state, get_world_size,
                    memory_mb, set_rng_state, synchronize)
 
@@ -294,6 +296,7 @@ class TrainingRun:
         self.resumed = False
         self.notes = []  # (level, message) of the resume, to log once the run's log file exists
         self.logger, self.train_log = None, None
+        self.tracker = Tracker()  # TensorBoard / W&B: opened by open_folder on rank 0
 
     # --- resume ------------------------------------------------------------------------------------
     def resume(self, logger):
@@ -360,6 +363,10 @@ class TrainingRun:
         for level, note in self.notes:
             logger.log(level, note)
         self.logger, self.train_log = logger, self.open_log('train_log.json')
+        if self.rank == 0:  # last: a W&B run that cannot start leaves no tracking files
+            for note in self.tracker.open(config, self.steps_per_epoch, self.resumed, self.resumed_global_step,
+                                          self.start_epoch):
+                logger.info(note)
         return logger
 
     def open_log(self, name):
@@ -393,6 +400,7 @@ class TrainingRun:
                 prune_checkpoints(output, self.config.TRAIN.KEEP_CHECKPOINTS)
             save_checkpoint(state, os.path.join(output, 'checkpoint.pth'))
         barrier()
+        self.tracker.commit()  # W&B gets the steps this checkpoint holds
 
     # --- the loop ----------------------------------------------------------------------------------
     def train(self, train_step, data_loader, stop, mixup_fn=None, set_rho=None, validate=None, what='training'):
@@ -473,11 +481,13 @@ class TrainingRun:
                 time_meter.update(step_time)
                 data_meter.update(data_time)
                 if self.train_log is not None:
-                    self.train_log.write(json.dumps({
+                    record = {
                         'epoch': epoch, 'iteration': global_step, 'loss': self.epoch_loss.avg, 'step_loss': step_loss,
                         'lr': lr, 'time': step_time, 'cpu_time': data_time, 'gpu_time': step_time - data_time,
-                        'memory': memory_mb(device), 'patch_drop_ratio': drop_ratio}) + '\n')
+                        'memory': memory_mb(device), 'patch_drop_ratio': drop_ratio, 'grad_norm': grad_norm}
+                    self.train_log.write(json.dumps(record) + '\n')
                     self.train_log.flush()
+                    self.tracker.log_train(record)
                 if step % config.PRINT_FREQ == 0 or step == spe - 1:
                     eta = datetime.timedelta(seconds=int(time_meter.avg * (spe - step - 1)))
                     logger.info(

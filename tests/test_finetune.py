@@ -13,7 +13,7 @@ from tests.helpers import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_FIELDS = {'epoch', 'iteration', 'loss', 'step_loss', 'lr', 'time', 'cpu_time', 'gpu_time', 'memory',
-                'patch_drop_ratio'}
+                'patch_drop_ratio', 'grad_norm'}
 VAL_FIELDS = {'epoch', 'loss', 'acc1', 'acc5', 'time', 'total_time', 'memory'}
 TINY = ['DATA.DATASET', 'imagenet', 'DATA.IMG_SIZE', '16', 'MODEL.VIT.PATCH_SIZE', '4',
         'MODEL.VIT.EMBED_DIM', '16', 'MODEL.VIT.DEPTH', '2', 'MODEL.VIT.NUM_HEADS', '2',
@@ -56,6 +56,7 @@ def check_run(run_dir, epochs, steps_per_epoch, schedule=('cyclic', 0.8, -0.1)):
     assert len(train) == epochs * steps_per_epoch
     assert [r['iteration'] for r in train] == list(range(epochs * steps_per_epoch))
     assert all(set(r) == TRAIN_FIELDS for r in train)
+    assert all(0 < r['grad_norm'] < float('inf') for r in train)  # before clipping
     assert [r['epoch'] for r in train] == [i // steps_per_epoch for i in range(epochs * steps_per_epoch)]
     name, start, end = schedule
     # rho follows the schedule from the very first iteration
