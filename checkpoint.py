@@ -9,6 +9,7 @@
             logger.warning(f'{e}; trying an older checkpoint')
     check_state_dict(model, state['model'], path)          # --resume / --eval: same architecture?
     load_model_weights(path, model)          # evaluate a checkpoint: every weight must fit exactly
+    check_finite(path, state['model'], state['optimizer'])   # NaN / inf: NonFiniteWeightsError
     state_dict = read_model_weights(path)    # the same weights, not loaded (export.py)
 
 Every failure is a CheckpointError naming the file and the reason. Checkpoints are read with
@@ -33,6 +34,10 @@ _MAX_LISTED = 10  # keys listed per kind in an error message
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A checkpoint whose weights or optimizer state hold NaN or inf (a diverged run); names the tensors."""
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -193,6 +198,45 @@ def _is_pretraining(state_dict, model_state):
         not any(k in model_state for k in ('mask_token', 'encoder.mask_token'))
 
 
+def non_finite_tensors(named_tensors):
+    """The names, in order, of the floating-point tensors among `named_tensors` ((name, value) pairs;
+    other values are skipped) that hold a NaN or an infinity. One read back per device."""
+    flags = {}  # device -> [(name, all finite: a 0-d device tensor)]
+    for name, value in named_tensors:
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            flags.setdefault(value.device, []).append((name, torch.isfinite(value).all()))
+    finite = {name: ok for pairs in flags.values()
+              for name, ok in zip([n for n, _ in pairs], torch.stack([f for _, f in pairs]).tolist())}
+    return [name for name, _ in named_tensors if finite.get(name) is False]
+
+
+def optimizer_tensors(optimizer_state):
+    """(name, tensor) for every tensor of an optimizer state dict, named `optimizer[<parameter>].<key>`
+    where the state records parameter names (`param_names`), else by the parameter's id."""
+    if not isinstance(optimizer_state, dict):
+        return []
+    names = {}
+    for group in optimizer_state.get('param_groups', ()):
+        names.update(zip(group.get('params', ()), group.get('param_names', ())))
+    return [(f'optimizer[{names.get(pid, pid)}].{key}', value)
+            for pid, values in optimizer_state.get('state', {}).items() if isinstance(values, dict)
+            for key, value in values.items()]
+
+
+def non_finite_message(names):
+    """'NaN or infinite values in 2 tensors: a, b', at most _MAX_LISTED of them named."""
+    plural = '' if len(names) == 1 else 's'
+    return f'NaN or infinite values in {len(names)} tensor{plural}: {first_n(names, _MAX_LISTED)}'
+
+
+def check_finite(path, state_dict, optimizer_state=None):
+    """Raise NonFiniteWeightsError when a tensor of `state_dict` (or of `optimizer_state`, an optimizer
+    state dict) from the file `path` holds NaN or inf: such weights only spread NaN through a run."""
+    bad = non_finite_tensors(list(state_dict.items()) + optimizer_tensors(optimizer_state))
+    if bad:
+        raise NonFiniteWeightsError(f"checkpoint '{path}' holds {non_finite_message(bad)}")
+
+
 _WRAPPERS = ('model', 'module', 'state_dict')  # where ours, MAE, DeiT, BEiT and SimMIM keep the weights
 _DDP_PREFIX = 'module.'
 
@@ -234,10 +278,11 @@ def read_model_weights(path, trusted=False):
 
 def load_model_weights(path, model, trusted=False, state_dict=None):
     """Load a trained model's weights from `path` (or `state_dict`, already read from it) into `model`,
-    for evaluation: all or nothing (check_state_dict first; nothing resized or left initialised,
+    for evaluation: all or nothing (check_state_dict and check_finite first; nothing resized or left initialised,
     unlike --pretrained). Returns the state dict loaded."""
     if state_dict is None:
         state_dict = read_model_weights(path, trusted)
     check_state_dict(model, state_dict, path)
+    check_finite(path, state_dict)
     model.load_state_dict(state_dict, strict=False)
     return state_dict

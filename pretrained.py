@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (CheckpointError, encoder_weights, extract_state_dict, has_suffix, is_rebuilt, listing,
-                        load_checkpoint_file, read_safetensors, shape_mismatches)
+from checkpoint import (CheckpointError, check_finite, encoder_weights, extract_state_dict, has_suffix, is_rebuilt,
+                        listing, load_checkpoint_file, read_safetensors, shape_mismatches)
 from utils import first_n
 
 TIMM_PREFIX = 'timm:'
@@ -311,7 +311,8 @@ def _square_grid(num_patches, what, path):
 def load_pretrained(path, model, logger=None, trusted=False):
     """Initialise `model` from --pretrained `path` (read_pretrained, check_family), its position
     terms resized to the model's grid and a shared bias table copied into per-block ones; a classifier
-    or final norm of another shape stays initialised, any other mismatch is a CheckpointError.
+    or final norm of another shape stays initialised, any other mismatch, or a NaN or inf in what
+    would be loaded, is a CheckpointError.
     Logs what it did; returns (missing_keys, unexpected_keys), relative_position_index not counted."""
     logger = logger or _logger
     weights = read_pretrained(path, trusted)
@@ -374,6 +375,7 @@ def load_pretrained(path, model, logger=None, trusted=False):
         raise CheckpointError(f"checkpoint '{path}' is not a pretrained encoder of this model (another "
                               f"architecture?): {'; '.join(problems)}")
 
+    check_finite(path, state_dict)  # what would be loaded; NaN in a part left out does no harm
     result = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not is_rebuilt(k)]
     unexpected = list(result.unexpected_keys)

@@ -31,8 +31,9 @@ import time
 import numpy as np
 import torch
 
-from checkpoint import (CheckpointError, check_state_dict, find_checkpoints, load_checkpoint_file, prune_checkpoints,
-                        save_checkpoint)
+from checkpoint import (CheckpointError, NonFiniteWeightsError, check_finite, check_state_dict, find_checkpoints,
+                        load_checkpoint_file, non_finite_message, non_finite_tensors, optimizer_tensors,
+                        prune_checkpoints, save_checkpoint)
 from config import ConfigError, get_config
 from data import DataError, set_train_epoch
 from logger import create_logger
@@ -51,7 +52,15 @@ PRETRAINED_HELP = ('checkpoint to initialise from: SimMIM, BEiT, MAE, DeiT, timm
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message says where."""
+    """The run diverged: a step's loss or gradient norm, or the weights about to be checkpointed, are
+    NaN or infinite. The message says where, and which checkpoint is left."""
+
+
+def is_divergence(loss, grad_norm, scaler_enabled):
+    """Whether a step whose loss and gradient norm (floats) are these diverged. A non-finite loss
+    always is (a GradScaler cannot undo a forward that overflowed); a non-finite gradient norm is
+    unless a GradScaler is on (fp16), which then skipped the step and lowered its scale."""
+    return not math.isfinite(loss) or (not math.isfinite(grad_norm) and not scaler_enabled)
 
 
 class AverageMeter:
@@ -103,7 +112,7 @@ def finetune_parser(pretrained_help=PRETRAINED_HELP, resume_help=RESUME_HELP, **
 def run_script(parser, main, argv=None):
     """Parse `argv`, resolve the config and return main(config, args, on_exit), where `on_exit` (an
     ExitStack) is closed however main ends. A user's error is one `error:` line and EXIT_BAD_INPUT;
-    a non-finite loss returns 1; Ctrl-C (where no StopRequest takes it) one line and EXIT_INTERRUPTED.
+    a diverged run (NonFiniteLossError) returns 1; Ctrl-C (where no StopRequest takes it) one line and EXIT_INTERRUPTED.
     The process group, if any, is left at the end."""
     return run_args(parser.parse_args(argv), main)
 
@@ -240,13 +249,15 @@ def training_state(path, state, model, classes=None, config=None, logger=None):
     if classes is not None:
         check_same_classes(state, path, classes, config, logger)
     check_state_dict(model, state['model'], path)
+    check_finite(path, state['model'], state.get('optimizer'))  # NaN would only spread: refused
     return state
 
 
 def find_resume_checkpoint(config, model, logger, classes=None):
     """(path, state) to resume from, or (None, None): --resume when given (an explicit choice wins, and
-    must be readable and fit), else the newest readable checkpoint in the output folder. `classes`:
-    the dataset's class names, which the checkpoint's must equal (fine-tuning)."""
+    must be readable, fit and be finite), else the newest readable checkpoint in the output folder
+    whose weights and optimizer state are finite (those that are not are skipped, with a warning).
+    `classes`: the dataset's class names, which the checkpoint's must equal (fine-tuning)."""
     trusted = config.TRUST_CHECKPOINT
     if config.MODEL.RESUME:
         path = config.MODEL.RESUME
@@ -256,13 +267,19 @@ def find_resume_checkpoint(config, model, logger, classes=None):
                            'an explicit --resume wins over auto-resume')
         return path, training_state(path, load_checkpoint_file(path, trusted), model, classes, config, logger)
     if config.TRAIN.AUTO_RESUME:
-        for path in find_checkpoints(config.OUTPUT):
+        found = find_checkpoints(config.OUTPUT)
+        for path in found:
             try:
                 state = load_checkpoint_file(path, trusted=trusted)
             except CheckpointError as e:
                 logger.warning(f'auto-resume: {e}; trying the previous checkpoint')
                 continue
-            return path, training_state(path, state, model, classes, config, logger)
+            try:
+                return path, training_state(path, state, model, classes, config, logger)
+            except NonFiniteWeightsError as e:  # a diverged run's (older releases wrote them)
+                logger.warning(f'auto-resume: {e}; trying the previous checkpoint')
+        if found:
+            logger.warning(f'auto-resume: no usable checkpoint in {config.OUTPUT}: starting from the beginning')
     return None, None
 
 
@@ -294,6 +311,7 @@ class TrainingRun:
         self.start_epoch, self.start_step = config.TRAIN.START_EPOCH, 0
         self.resumed_global_step = 0  # the log lines from this step on are dropped
         self.resumed = False
+        self.last_checkpoint = None  # (path, epoch, step_in_epoch): the newest finite checkpoint of the run
         self.notes = []  # (level, message) of the resume, to log once the run's log file exists
         self.logger, self.train_log = None, None
         self.tracker = Tracker()  # TensorBoard / W&B: opened by open_folder on rank 0
@@ -327,6 +345,7 @@ class TrainingRun:
             self.resumed_global_step = self.start_epoch * spe
             return
         self.max_accuracy = state.get('max_accuracy', 0.0)
+        self.last_checkpoint = (path, state['epoch'], state.get('step_in_epoch', 0))
         self.start_step = state.get('step_in_epoch', 0)  # steps_per_epoch: trained, not yet validated
         self.start_epoch = state['epoch'] + (0 if self.start_step else 1)
         # also the original's checkpoints (another optimizer layout, no scheduler states we can use)
@@ -392,15 +411,38 @@ class TrainingRun:
 
     def write_checkpoint(self, epoch, step_in_epoch, epoch_file=False):
         """checkpoint.pth (and with `epoch_file` ckpt_epoch_<epoch>.pth, pruned to
-        TRAIN.KEEP_CHECKPOINTS), written by rank 0; every rank calls it."""
+        TRAIN.KEEP_CHECKPOINTS), written by rank 0; every rank calls it. Weights or optimizer state
+        with NaN or inf are never written: NonFiniteLossError instead."""
         state, output = self.state_dict(epoch, step_in_epoch), self.config.OUTPUT
+        # A step can leave non-finite weights with a finite loss and gradient norm. One read here,
+        # not one per step; the weights are the same on every rank, so every rank stops.
+        bad = non_finite_tensors(list(state['model'].items()) + optimizer_tensors(state['optimizer']))
+        if bad:
+            raise NonFiniteLossError(
+                f'training diverged: at {self.describe_step(epoch, step_in_epoch)} the weights hold '
+                f'{non_finite_message(bad)}; no checkpoint written, {self.kept_checkpoint()}')
+        path = os.path.join(output, 'checkpoint.pth')
         if self.rank == 0:
             if epoch_file:
                 save_checkpoint(state, os.path.join(output, f'ckpt_epoch_{epoch}.pth'))
                 prune_checkpoints(output, self.config.TRAIN.KEEP_CHECKPOINTS)
-            save_checkpoint(state, os.path.join(output, 'checkpoint.pth'))
+            save_checkpoint(state, path)
+        self.last_checkpoint = (path, epoch, step_in_epoch)
         barrier()
         self.tracker.commit()  # W&B gets the steps this checkpoint holds
+
+    def describe_step(self, epoch, step_in_epoch):
+        """Where a checkpoint stands, in words: 'the end of epoch 2', 'epoch 3, step 40 of 100'."""
+        if step_in_epoch == 0:
+            return f'the end of epoch {epoch}'
+        return f'epoch {epoch}, step {step_in_epoch} of {self.steps_per_epoch}'
+
+    def kept_checkpoint(self):
+        """Which checkpoint a diverged run leaves, in words (there may be none)."""
+        if self.last_checkpoint is None:
+            return 'no checkpoint of this run was written'
+        path, epoch, step_in_epoch = self.last_checkpoint
+        return f"the newest checkpoint, '{path}' ({self.describe_step(epoch, step_in_epoch)}), is left as it was"
 
     # --- the loop ----------------------------------------------------------------------------------
     def train(self, train_step, data_loader, stop, mixup_fn=None, set_rho=None, validate=None, what='training'):
@@ -470,11 +512,12 @@ class TrainingRun:
                 self.step_count += 1
                 synchronize(device)  # honest per-step time on GPU
                 step_loss, grad_norm = stats.tolist()  # the step's one read from the device
-                if not math.isfinite(step_loss):  # the run stops here: no checkpoint holds this step
+                if is_divergence(step_loss, grad_norm, self.scaler.is_enabled()):
+                    # the run stops before anything else sees this step: no checkpoint, no log line
                     raise NonFiniteLossError(
-                        f'loss is {step_loss} at epoch {epoch}, iteration {step} of {spe} '
-                        f'(global {global_step}), rho {1 - drop_ratio:.2f}; '
-                        f'the last good checkpoint is left untouched')
+                        f'training diverged at epoch {epoch}, iteration {step} of {spe} (global {global_step}), '
+                        f'rho {1 - drop_ratio:.2f}: loss {step_loss:.4g}, grad norm {grad_norm:.4g}; '
+                        f'{self.kept_checkpoint()}')
                 step_time = time.time() - step_start
                 self.epoch_loss.update(step_loss)
                 norm_meter.update(grad_norm)

@@ -155,7 +155,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(dataset, tm
     monkeypatch.setattr(VisionTransformer, 'forward', poisoned)
     assert main_finetune.run(args + ['TRAIN.ALLOW_CONFIG_CHANGE', 'True']) == 1
     err = capsys.readouterr().err
-    assert 'loss is nan at epoch 1, iteration 3 of 12 (global 15), rho' in err
+    assert err.startswith('error: training diverged at epoch 1, iteration 3 of 12 (global 15), rho ')
+    assert ': loss nan, grad norm nan; ' in err and err.count('\n') == 1
+    assert f"the newest checkpoint, '{checkpoint}' (the end of epoch 0), is left as it was" in err
     assert checkpoint.read_bytes() == good
 
 
