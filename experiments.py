@@ -12,7 +12,7 @@ import os
 from checkpoint import CheckpointError, load_model_weights
 from config import ConfigError
 from models import build_model
-from training import check_output_writable, finetune_parser
+from launch import check_output_writable, finetune_parser
 
 EVALUATED_HELP = 'checkpoint to evaluate, every weight as it is (or --resume)'
 

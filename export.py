@@ -33,7 +33,7 @@ import torch
 from checkpoint import CheckpointError, has_suffix, load_model_weights, read_model_weights
 from config import ConfigError, get_config
 from data import DataError
-from training import EXIT_BAD_INPUT
+from launch import EXIT_BAD_INPUT
 from models import build_model
 
 TIMM_WEIGHTS = 'model.safetensors'

@@ -36,8 +36,8 @@ from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
 from pretrained import load_pretrained
 from tracking import add_tracking_args, check_tracking
-from training import (StopRequest, TrainingRun, finetune_parser, lock_run_folder, optimizer_steps_per_epoch,
-                      run_script, seed_everything)
+from launch import StopRequest, finetune_parser, run_script, seed_everything
+from training import TrainingRun, lock_run_folder, optimizer_steps_per_epoch
 from utils import autocast_dtype, first_n, init_distributed_mode, keep_freed_cpu_memory, memory_mb, unwrap_model
 
 

@@ -29,8 +29,8 @@ from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_simmim
 from optimizer import build_optimizer
 from tracking import add_tracking_args, check_tracking
-from training import (StopRequest, TrainingRun, lock_run_folder, optimizer_steps_per_epoch, run_script,
-                      seed_everything)
+from launch import StopRequest, run_script, seed_everything
+from training import TrainingRun, lock_run_folder, optimizer_steps_per_epoch
 from utils import autocast_dtype, init_distributed_mode, keep_freed_cpu_memory
 
 

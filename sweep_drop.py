@@ -43,7 +43,7 @@ from config import ConfigError
 from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
                          get_parser, write_atomically)
 from logger import create_logger
-from training import run_script
+from launch import run_script
 from utils import all_gather_object, autocast_dtype, init_distributed_mode, synchronize
 
 SWEEP_DROP_RATIOS = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0, 0.1, ..., 0.8

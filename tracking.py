@@ -21,6 +21,7 @@ import os
 import yaml
 
 from config import ConfigError
+from launch import check_output_writable
 
 # train_log.json / val_log.json field -> tag; `time` is the step's time, `cpu_time` its wait for data
 TRAIN_SCALARS = {'loss': 'train/loss', 'step_loss': 'train/step_loss', 'lr': 'train/lr',
@@ -63,7 +64,6 @@ def check_tracking(config):
             raise TrackingError(f"{key} ({flag}) needs the package '{package}', which cannot be imported "
                                 f'({e}): pip install {package}') from None
     if config.LOG_DIR:
-        from training import check_output_writable  # not at the top: training.py imports this module
         try:
             check_output_writable(event_dir(config))
         except OSError as e:

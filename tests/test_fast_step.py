@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import main_finetune
-import training
+import launch
 from benchmarks.op_count import OpCounter
 from fast_step import TrainStep
 from tests.helpers import make_image_folder, tiny_model
@@ -203,8 +203,8 @@ def test_amp_dtype_forces_fp16_or_bf16_on_cuda_and_leaves_cpu_fp32(dataset, tmp_
 def test_stop_request_in_one_process_reads_the_flag_without_a_collective(monkeypatch):
     def no_collective(tensor):
         raise AssertionError('all-reduce in one process')
-    monkeypatch.setattr(training, 'all_reduce_sum', no_collective)
-    stop = training.StopRequest()
+    monkeypatch.setattr(launch, 'all_reduce_sum', no_collective)
+    stop = launch.StopRequest()
     assert not any(stop() for _ in range(25)) and not stop.any_rank()
     stop.requested = True
     assert stop() and stop.any_rank()
@@ -216,9 +216,9 @@ def test_stop_request_with_several_processes_reduces_every_nth_call_on_every_ran
     def fake_all_reduce(tensor):  # another rank got the signal: the sum is 1
         reduced.append(len(reduced))
         return tensor.fill_(1.0)
-    monkeypatch.setattr(training, 'get_world_size', lambda: 2)
-    monkeypatch.setattr(training, 'all_reduce_sum', fake_all_reduce)
-    stop = training.StopRequest(check_every=4)
+    monkeypatch.setattr(launch, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(launch, 'all_reduce_sum', fake_all_reduce)
+    stop = launch.StopRequest(check_every=4)
     answers = [stop() for _ in range(8)]  # this rank got no signal itself
     assert answers == [False, False, False, True] * 2  # the stop lands on the same call on every rank
     assert len(reduced) == 2
