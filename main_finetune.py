@@ -18,6 +18,7 @@ pickled config needs --trust-checkpoint). --log_dir <dir> also writes TensorBoar
 <dir>/<MODEL.NAME>/<TAG>/; --wandb <project> logs to Weights & Biases (tracking.py).
 """
 import json
+import math
 import sys
 
 import torch
@@ -160,6 +161,9 @@ def main(config, args, on_exit, stop=None):
         logger.info(f' * Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f}')
         logger.info(f'Accuracy of the network on the {stats["num_images"]} test images: {stats["acc1"]:.1f}%')
         logger.info(f'Max accuracy: {run_state.max_accuracy:.2f}%')
+        if not math.isfinite(stats['loss']):  # finite weights whose outputs overflow; fp16 eval can do it too
+            logger.warning(f"validation loss is {stats['loss']} after epoch {epoch}: the model's outputs overflow, "
+                           'a sign that training diverges (the learning rate?)')
         if val_log is not None:
             record = {'epoch': epoch, 'loss': stats['loss'], 'acc1': stats['acc1'], 'acc5': stats['acc5'],
                       'time': stats['batch_time'], 'total_time': stats['time'], 'memory': memory_mb(device)}
