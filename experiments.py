@@ -11,8 +11,8 @@ import os
 
 from checkpoint import CheckpointError, load_model_weights
 from config import ConfigError
-from models import build_model
 from launch import check_output_writable, finetune_parser
+from models import build_model
 
 EVALUATED_HELP = 'checkpoint to evaluate, every weight as it is (or --resume)'
 

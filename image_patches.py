@@ -36,8 +36,8 @@ import torch
 
 from config import ConfigError
 from data import build_dataset
-from logger import create_logger
 from launch import run_script
+from logger import create_logger
 from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
                          get_parser, write_atomically)
 from viz.common import save_figure

@@ -29,16 +29,12 @@ RESUME_HELP = ('checkpoint to resume from (or to evaluate with --eval); when giv
                'output folder holds newer checkpoints (auto-resume is skipped)')
 
 
-def finetune_parser(pretrained_help=PRETRAINED_HELP, resume_help=RESUME_HELP, **kwargs):
-    """main_finetune.py's flags, which the experiment scripts and submitit_finetune.py take too (with
-    their own meaning of --pretrained or --resume: `pretrained_help`, `resume_help`); `kwargs` go to
-    ArgumentParser."""
-    parser = argparse.ArgumentParser(**kwargs)
+def add_run_flags(parser, data_help, resume_help):
+    """The flags main_finetune.py and main_simmim.py share (the original's names), on `parser`."""
     parser.add_argument('--cfg', type=str, required=True, metavar='FILE', help='path to the config file')
     parser.add_argument('--opts', default=None, nargs='+', help='override config options: KEY VALUE pairs')
     parser.add_argument('--batch-size', type=int, help='batch size per process')
-    parser.add_argument('--data-path', type=str, help='dataset root with train/ and val/')
-    parser.add_argument('--pretrained', type=str, help=pretrained_help)
+    parser.add_argument('--data-path', type=str, help=data_help)
     parser.add_argument('--resume', help=resume_help)
     parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step (at least 1)')
     parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')
@@ -47,12 +43,21 @@ def finetune_parser(pretrained_help=PRETRAINED_HELP, resume_help=RESUME_HELP, **
     parser.add_argument('--output', default='output', type=str, metavar='PATH',
                         help='root of the output folder <output>/<MODEL.NAME>/<TAG>')
     parser.add_argument('--tag', help='run tag')
-    parser.add_argument('--eval', action='store_true', help='only validate the --resume checkpoint')
-    parser.add_argument('--throughput', action='store_true', help='only measure model throughput')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow checkpoints that pickle Python objects (old releases): only for files you trust')
     # Legacy launcher flag: torch.distributed.launch used to pass it; the environment is what counts.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def finetune_parser(pretrained_help=PRETRAINED_HELP, resume_help=RESUME_HELP, **kwargs):
+    """main_finetune.py's flags, which the experiment scripts and submitit_finetune.py take too (with
+    their own meaning of --pretrained or --resume: `pretrained_help`, `resume_help`); `kwargs` go to
+    ArgumentParser."""
+    parser = add_run_flags(argparse.ArgumentParser(**kwargs), 'dataset root with train/ and val/', resume_help)
+    parser.add_argument('--pretrained', type=str, help=pretrained_help)
+    parser.add_argument('--eval', action='store_true', help='only validate the --resume checkpoint')
+    parser.add_argument('--throughput', action='store_true', help='only measure model throughput')
     return parser
 
 

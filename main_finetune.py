@@ -30,6 +30,7 @@ from config import check_patch_schedule, config_json, config_warnings, with_valu
 from data import build_loader, build_val_loader, log_decode_failures
 from engine import evaluate, throughput
 from fast_step import TrainStep, check_cuda_graphs
+from launch import StopRequest, finetune_parser, run_script, seed_everything
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_model
@@ -37,7 +38,6 @@ from optimizer import build_optimizer
 from patch_scheduler import build_patch_scheduler
 from pretrained import load_pretrained
 from tracking import add_tracking_args, check_tracking
-from launch import StopRequest, finetune_parser, run_script, seed_everything
 from training import TrainingRun, lock_run_folder, optimizer_steps_per_epoch
 from utils import autocast_dtype, first_n, init_distributed_mode, keep_freed_cpu_memory, memory_mb, unwrap_model
 

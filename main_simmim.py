@@ -24,35 +24,20 @@ import torch
 from config import ConfigError, config_warnings
 from data import build_pretrain_loader
 from fast_step import TrainStep
+from launch import StopRequest, add_run_flags, run_script, seed_everything
 from logger import create_logger
 from lr_scheduler import build_scheduler, scaled_lrs
 from models import build_simmim
 from optimizer import build_optimizer
 from tracking import add_tracking_args, check_tracking
-from launch import StopRequest, run_script, seed_everything
 from training import TrainingRun, lock_run_folder, optimizer_steps_per_epoch
 from utils import autocast_dtype, init_distributed_mode, keep_freed_cpu_memory
 
 
 def get_parser():
-    parser = argparse.ArgumentParser('SimMIM pre-training', add_help=True)
-    parser.add_argument('--cfg', type=str, required=True, metavar='FILE', help='path to the config file')
-    parser.add_argument('--opts', default=None, nargs='+', help='override config options: KEY VALUE pairs')
-    parser.add_argument('--batch-size', type=int, help='batch size per process')
-    parser.add_argument('--data-path', type=str,
-                        help='an ImageFolder of training images, or a dataset root with train/')
-    parser.add_argument('--resume', help='checkpoint to resume from')
-    parser.add_argument('--accumulation-steps', type=int, help='micro-batches per optimizer step')
-    parser.add_argument('--use-checkpoint', action='store_true', help='activation checkpointing')
-    parser.add_argument('--amp-opt-level', type=str, choices=['O0', 'O1', 'O2'],
-                        help='O0: fp32; O1 / O2: native mixed precision on CUDA')
-    parser.add_argument('--output', default='output', type=str, metavar='PATH',
-                        help='root of the output folder <output>/<MODEL.NAME>/<TAG>')
-    parser.add_argument('--tag', help='run tag')
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='allow checkpoints that pickle Python objects (old releases): only for files you trust')
-    # Legacy launcher flag: torch.distributed.launch used to pass it; the environment is what counts.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
+    parser = add_run_flags(argparse.ArgumentParser('SimMIM pre-training', add_help=True),
+                           'an ImageFolder of training images, or a dataset root with train/',
+                           'checkpoint to resume from')
     return add_tracking_args(parser)
 
 

@@ -32,8 +32,8 @@ import sys
 import torch
 
 from data import build_val_loader
-from logger import create_logger
 from launch import run_script
+from logger import create_logger
 from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
                          get_parser, write_atomically)
 from utils import all_reduce_sum, init_distributed_mode

@@ -25,8 +25,8 @@ import torch
 
 import main_finetune
 from config import ConfigError, get_config
-from tracking import add_tracking_args, check_tracking
 from launch import EXIT_BAD_INPUT, EXIT_PREEMPTED, StopRequest, check_output_writable, finetune_parser, run_args
+from tracking import add_tracking_args, check_tracking
 from utils import LaunchError, all_gather_object
 
 REPO = os.path.dirname(os.path.abspath(__file__))

@@ -28,11 +28,11 @@ from checkpoint import (CheckpointError, NonFiniteWeightsError, check_finite, ch
                         load_checkpoint_file, non_finite_message, non_finite_tensors, optimizer_tensors,
                         prune_checkpoints, save_checkpoint)
 from data import DataError, set_train_epoch
+from launch import EXIT_PREEMPTED, check_output_writable
 from logger import create_logger
 from optimizer import resume_optimizer
 from run_folder import (RunFolderError, RunLock, check_same_classes, check_same_run, remove_stale_tmp_files,
                         unused_pretrained)
-from launch import EXIT_PREEMPTED, check_output_writable
 from tracking import Tracker
 from utils import (all_gather_object, barrier, get_rank, get_rng_state, memory_mb, set_rng_state, synchronize)
 

@@ -27,8 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from benchmarks.train_step import build_timm_reference, drop_ratio, make_optimizer  # noqa: E402
 from config import get_config  # noqa: E402
 from fast_step import TrainStep  # noqa: E402
-from models import build_model  # noqa: E402
 from launch import finetune_parser  # noqa: E402
+from models import build_model  # noqa: E402
 
 RHOS = (1.0, 0.8, 0.6, 0.4, 0.2)
 VIEW_OPS = {'view', '_unsafe_view', 't', 'transpose', 'permute', 'expand', 'slice', 'select', 'unsqueeze',
