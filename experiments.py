@@ -66,16 +66,3 @@ def check_output_folder(config):
         check_output_writable(config.OUTPUT)
     except OSError as e:
         raise ConfigError(str(e)) from None
-
-
-def write_atomically(path, text):
-    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
-    tmp = f'{path}.{os.getpid()}.tmp'
-    try:
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: no temporary file left behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

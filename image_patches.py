@@ -39,7 +39,8 @@ from data import build_dataset
 from launch import run_script
 from logger import create_logger
 from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
-                         get_parser, write_atomically)
+                         get_parser)
+from utils import write_atomically
 from viz.common import save_figure
 from viz.image_patches import plot_image_patches
 

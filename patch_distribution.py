@@ -35,8 +35,8 @@ from data import build_val_loader
 from launch import run_script
 from logger import create_logger
 from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
-                         get_parser, write_atomically)
-from utils import all_reduce_sum, init_distributed_mode
+                         get_parser)
+from utils import all_reduce_sum, init_distributed_mode, write_atomically
 from viz.common import save_figure
 from viz.patch_distribution import centre_and_corners, plot_patch_distribution
 

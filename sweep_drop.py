@@ -41,10 +41,10 @@ from data import build_val_loader
 from engine import evaluate
 from config import ConfigError
 from experiments import (build_model_from_checkpoint, check_drop_ratios, check_output_folder, checkpoint_path,
-                         get_parser, write_atomically)
+                         get_parser)
 from logger import create_logger
 from launch import run_script
-from utils import all_gather_object, autocast_dtype, init_distributed_mode, synchronize
+from utils import all_gather_object, autocast_dtype, init_distributed_mode, synchronize, write_atomically
 
 SWEEP_DROP_RATIOS = tuple(round(0.1 * i, 1) for i in range(9))  # 0.0, 0.1, ..., 0.8
 WARMUP_STEPS = 2  # forward passes on one batch before each ratio is timed

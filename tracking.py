@@ -22,6 +22,7 @@ import yaml
 
 from config import ConfigError
 from launch import check_output_writable
+from utils import write_atomically
 
 # train_log.json / val_log.json field -> tag; `time` is the step's time, `cpu_time` its wait for data
 TRAIN_SCALARS = {'loss': 'train/loss', 'step_loss': 'train/step_loss', 'lr': 'train/lr',
@@ -78,13 +79,6 @@ def _read_run_id(path):
         return None
 
 
-def _write_run_id(path, run_id):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(run_id + '\n')
-    os.replace(tmp, path)
-
-
 class Tracker:
     """TensorBoard writers and a W&B run, both optional; every method is a no-op for what is not open."""
 
@@ -131,7 +125,7 @@ class Tracker:
         except wandb.errors.Error as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingError(f'W&B (WANDB.PROJECT {config.WANDB.PROJECT}): {message}') from None
-        _write_run_id(id_path, run.id)
+        write_atomically(id_path, run.id + '\n')
         run.define_metric('global_step')
         run.define_metric('train/*', step_metric='global_step')
         run.define_metric('epoch')

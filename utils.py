@@ -180,3 +180,15 @@ def keep_freed_cpu_memory():
     # 32 MiB is glibc's largest mmap threshold; a ViT-B gradient is at most 9 MiB
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
+
+def write_atomically(path, text):
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    tmp = f'{path}.{os.getpid()}.tmp'
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: no temporary file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
