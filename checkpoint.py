@@ -229,10 +229,16 @@ def non_finite_message(names):
     return f'NaN or infinite values in {len(names)} tensor{plural}: {first_n(names, _MAX_LISTED)}'
 
 
+def non_finite_weights(state_dict, optimizer_state=None):
+    """The names of the tensors of `state_dict` and of `optimizer_state` (an optimizer state dict)
+    that hold NaN or inf."""
+    return non_finite_tensors(list(state_dict.items()) + optimizer_tensors(optimizer_state))
+
+
 def check_finite(path, state_dict, optimizer_state=None):
     """Raise NonFiniteWeightsError when a tensor of `state_dict` (or of `optimizer_state`, an optimizer
     state dict) from the file `path` holds NaN or inf: such weights only spread NaN through a run."""
-    bad = non_finite_tensors(list(state_dict.items()) + optimizer_tensors(optimizer_state))
+    bad = non_finite_weights(state_dict, optimizer_state)
     if bad:
         raise NonFiniteWeightsError(f"checkpoint '{path}' holds {non_finite_message(bad)}")
 

@@ -25,8 +25,8 @@ import time
 
 
 from checkpoint import (CheckpointError, NonFiniteWeightsError, check_finite, check_state_dict, find_checkpoints,
-                        load_checkpoint_file, non_finite_message, non_finite_tensors, optimizer_tensors,
-                        prune_checkpoints, save_checkpoint)
+                        load_checkpoint_file, non_finite_message, non_finite_weights, prune_checkpoints,
+                        save_checkpoint)
 from data import DataError, set_train_epoch
 from launch import EXIT_PREEMPTED, check_output_writable
 from logger import create_logger
@@ -280,7 +280,7 @@ class TrainingRun:
         state, output = self.state_dict(epoch, step_in_epoch), self.config.OUTPUT
         # A step can leave non-finite weights with a finite loss and gradient norm. One read here,
         # not one per step; the weights are the same on every rank, so every rank stops.
-        bad = non_finite_tensors(list(state['model'].items()) + optimizer_tensors(state['optimizer']))
+        bad = non_finite_weights(state['model'], state['optimizer'])
         if bad:
             raise NonFiniteLossError(
                 f'training diverged: at {self.describe_step(epoch, step_in_epoch)} the weights hold '
